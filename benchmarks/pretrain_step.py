@@ -1,0 +1,445 @@
+"""Time one BLIP pretraining step: lightning_blip versus the equivalent transformers classes.
+
+One step = online ViT forward, ITC (unimodal text pass + momentum-distilled contrastive loss),
+ITM on B positives + 2B hard negatives, LM with label smoothing 0.1, backward of the summed loss,
+the no-grad momentum forward (ViT + unimodal text encoder) and the EMA update of the momentum
+copies. Both sides run in fp32 on CPU, on the same batch, with the same sizes, interleaved.
+
+Ours:       ``lightning_blip.models.blip_pretraining.BlipForPretraining``.
+Reference:  transformers' ``BlipForImageTextRetrieval`` (ITC through ``use_itm_head=False``, ITM
+            through its ``text_encoder`` + ``itm_head`` on the image tokens it returned) and
+            ``BlipForConditionalGeneration`` (LM with labels), plus a frozen deep copy of the
+            retrieval model's vision model, text encoder and projections as momentum encoders. The
+            two transformers models each run their own ViT (a user of those classes has no other
+            way to train ITC/ITM and LM together), so the reference runs two online ViT forwards.
+
+Usage::
+
+    python benchmarks/pretrain_step.py                    # tiny BLIP-shaped config, ~1 min on 2 cores
+    python benchmarks/pretrain_step.py --threads 4 --repeats 9
+    python benchmarks/pretrain_step.py --preset base      # ViT-B/16 + BERT-base: slow on CPU
+    python benchmarks/pretrain_step.py --profile          # also print the top ops of each side
+
+Benchmark hygiene (see the project's engineering notes): every Linear/Embedding/Conv weight of
+both sides is re-initialised with normal(0, 0.02) (transformers' vision configs initialise at
+~1e-10, whose gradients are denormal and ~10x slower on CPU), ``torch.set_flush_denormal(True)``,
+a fixed thread count, warm-up steps, then interleaved repeats reported as median / min / max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PRESETS = {
+    # BLIP-shaped but small: a step runs well under 2 s on 2 CPU cores.
+    "tiny": dict(
+        image_size=224, patch_size=16, vision_width=384, vision_depth=6, vision_heads=6, vision_ffn=1536,
+        text_width=384, text_layers=6, text_heads=6, text_ffn=1536,
+    ),
+    # The real BLIP ViT-B/16 + BERT-base sizes (slow on CPU: tens of seconds per step per side).
+    "base": dict(
+        image_size=224, patch_size=16, vision_width=768, vision_depth=12, vision_heads=12, vision_ffn=3072,
+        text_width=768, text_layers=12, text_heads=12, text_ffn=3072,
+    ),
+}
+
+CLS_ID, SEP_ID, PAD_ID, DEC_ID, ENC_ID = 101, 102, 0, 30522, 30523
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                   help="size preset; 'base' = ViT-B/16 + BERT-base (slow on CPU). Size flags override it.")
+    for name in PRESETS["tiny"]:
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"override the preset's {name}")
+    p.add_argument("--vocab-size", type=int, default=30524)
+    p.add_argument("--embed-dim", type=int, default=256, help="ITC projection width")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--text-length", type=int, default=30, help="padded text length (rows get 60-100%% of it)")
+    p.add_argument("--dropout", type=float, default=0.1,
+                   help="text hidden and attention dropout on both sides (BLIP/BERT: 0.1)")
+    p.add_argument("--queue-size", type=int, default=None,
+                   help="our ITC queue length (default: the batch size, i.e. nearly queue-free like the reference)")
+    p.add_argument("--alpha", type=float, default=0.4, help="momentum distillation weight")
+    p.add_argument("--momentum", type=float, default=0.995)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side before timing")
+    p.add_argument("--repeats", type=int, default=7, help="timed steps per side, interleaved")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true", help="after timing, profile one step of each side")
+    p.add_argument("--profile-rows", type=int, default=25)
+    args = p.parse_args(argv)
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.queue_size is None:
+        args.queue_size = args.batch_size
+    return args
+
+
+# ------------------------------------------------------------------------------------------------
+# shared helpers
+# ------------------------------------------------------------------------------------------------
+POSITION_PARAMS = ("position_embedding", "class_embedding", "pos_embed", "cls_token")
+
+
+@torch.no_grad()
+def reinit_(module: nn.Module, std: float = 0.02) -> None:
+    """normal(0, std) weights, zero biases, unit LayerNorms; position/class embeddings normal(0, std).
+
+    Applied identically to both sides so that no side computes with denormal numbers.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv2d)):
+            nn.init.normal_(m.weight, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for name, p in module.named_parameters():
+        if name.rsplit(".", 1)[-1] in POSITION_PARAMS:
+            nn.init.normal_(p, std=std)
+
+
+def count(params) -> int:
+    """Number of elements of unique parameters (tied weights counted once)."""
+    seen, total = set(), 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def make_batch(args) -> tuple[Tensor, Tensor, Tensor]:
+    g = torch.Generator().manual_seed(args.seed)
+    B, L = args.batch_size, args.text_length
+    pixel_values = torch.randn(B, 3, args.image_size, args.image_size, generator=g)
+    input_ids = torch.randint(1000, 30000, (B, L), generator=g)
+    lengths = torch.randint(max(3, int(0.6 * L)), L + 1, (B,), generator=g)
+    lengths[0] = L  # at least one full row, so the padded length is L
+    positions = torch.arange(L)[None, :]
+    attention_mask = (positions < lengths[:, None]).long()
+    input_ids[:, 0] = CLS_ID
+    input_ids[torch.arange(B), lengths - 1] = SEP_ID
+    input_ids = input_ids.masked_fill(attention_mask == 0, PAD_ID)
+    return pixel_values, input_ids, attention_mask
+
+
+# ------------------------------------------------------------------------------------------------
+# ours
+# ------------------------------------------------------------------------------------------------
+def build_ours(args) -> nn.Module:
+    from lightning_blip.models.blip import BlipConfig
+    from lightning_blip.models.blip_pretraining import BlipForPretraining
+    from lightning_blip.models.med import MEDConfig
+    from lightning_blip.models.vision import VisionConfig
+
+    vision = VisionConfig(
+        model_name="vit_base_patch16_224",
+        image_size=args.image_size,
+        timm_kwargs=dict(
+            embed_dim=args.vision_width, depth=args.vision_depth, num_heads=args.vision_heads,
+            patch_size=args.patch_size, mlp_ratio=args.vision_ffn / args.vision_width,
+        ),
+    )
+    text = MEDConfig(
+        vocab_size=args.vocab_size, hidden_size=args.text_width, num_layers=args.text_layers,
+        num_heads=args.text_heads, intermediate_size=args.text_ffn,
+        dropout=args.dropout, attention_dropout=args.dropout,
+    )
+    model = BlipForPretraining(BlipConfig(vision=vision, text=text, embed_dim=args.embed_dim), queue_size=args.queue_size)
+    reinit_(model.blip)
+    model.copy_to_momentum()
+    return model.train()
+
+
+def ours_step(model, pixel_values, input_ids, attention_mask, args) -> Tensor:
+    out = model(pixel_values, input_ids, attention_mask, alpha=args.alpha)
+    loss = out.loss_itc + out.loss_itm + out.loss_lm
+    loss.backward()
+    model.momentum_update(args.momentum)
+    return loss.detach()
+
+
+def ours_params(model) -> tuple[int, int]:
+    momentum = [p for m in model.momentum_modules().values() for p in m.parameters()]
+    return count(model.blip.parameters()), count(momentum)
+
+
+# ------------------------------------------------------------------------------------------------
+# reference (transformers)
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Reference:
+    retrieval: nn.Module       # BlipForImageTextRetrieval: ViT, text encoder (SA + CA), projections, ITM head
+    captioning: nn.Module      # BlipForConditionalGeneration: its own ViT and the text decoder + LM head
+    momentum: nn.ModuleDict    # frozen deep copy of the retrieval model's ViT, text encoder, projections
+    temp: nn.Parameter         # learnable ITC temperature (the transformers classes have none)
+
+    def pairs(self) -> list[tuple[Tensor, Tensor]]:
+        online = dict(
+            vision_model=self.retrieval.vision_model, text_encoder=self.retrieval.text_encoder,
+            vision_proj=self.retrieval.vision_proj, text_proj=self.retrieval.text_proj,
+        )
+        out = []
+        for name, module_m in self.momentum.items():
+            online_params = dict(online[name].named_parameters())
+            out += [(online_params[n], p) for n, p in module_m.named_parameters()]
+        return out
+
+    def zero_grad(self) -> None:
+        self.retrieval.zero_grad(set_to_none=True)
+        self.captioning.zero_grad(set_to_none=True)
+        self.temp.grad = None
+
+
+def transformers_configs(args):
+    from transformers import BlipConfig, BlipTextConfig, BlipVisionConfig
+
+    vision = BlipVisionConfig(
+        hidden_size=args.vision_width, intermediate_size=args.vision_ffn, num_hidden_layers=args.vision_depth,
+        num_attention_heads=args.vision_heads, image_size=args.image_size, patch_size=args.patch_size,
+    )
+    text = BlipTextConfig(
+        vocab_size=args.vocab_size, hidden_size=args.text_width, intermediate_size=args.text_ffn,
+        num_hidden_layers=args.text_layers, num_attention_heads=args.text_heads,
+        encoder_hidden_size=args.vision_width, hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.dropout, label_smoothing=0.1,
+        bos_token_id=DEC_ID, pad_token_id=PAD_ID, sep_token_id=SEP_ID,
+    )
+    return BlipConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(),
+        image_text_hidden_size=args.embed_dim, label_smoothing=0.1,
+    )
+
+
+def check_sdpa(config) -> str:
+    """What transformers says when asked for SDPA attention in its BLIP classes."""
+    from transformers import BlipForImageTextRetrieval
+
+    try:
+        BlipForImageTextRetrieval._from_config(config, attn_implementation="sdpa")
+    except (ValueError, NotImplementedError) as e:
+        return f'attn_implementation="sdpa" raises {type(e).__name__}: {str(e).split(". ")[0]}'
+    return 'attn_implementation="sdpa" was accepted (this benchmark still uses the default)'
+
+
+def build_reference(args) -> tuple[Reference, str, str]:
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
+
+    config = transformers_configs(args)
+    retrieval = BlipForImageTextRetrieval(config)
+    captioning = BlipForConditionalGeneration(config)
+    for model in (retrieval, captioning):
+        reinit_(model)
+        model.train()
+    # the LM head's decoder is tied to the word embeddings, as in ours
+    tied = captioning.text_decoder.cls.predictions.decoder.weight is captioning.text_decoder.get_input_embeddings().weight
+    momentum = nn.ModuleDict(
+        dict(
+            vision_model=copy.deepcopy(retrieval.vision_model), text_encoder=copy.deepcopy(retrieval.text_encoder),
+            vision_proj=copy.deepcopy(retrieval.vision_proj), text_proj=copy.deepcopy(retrieval.text_proj),
+        )
+    ).train()
+    momentum.requires_grad_(False)
+    attn = retrieval.config._attn_implementation or "eager"
+    ref = Reference(retrieval, captioning, momentum, nn.Parameter(torch.tensor(0.07)))
+    return ref, f"{attn} (LM head tied to word embeddings: {tied})", check_sdpa(config)
+
+
+def in_batch_itc(image_feat, text_feat, image_feat_m, text_feat_m, temp, alpha) -> tuple[Tensor, Tensor, Tensor]:
+    """Queue-free ITC with momentum distillation: keys are the batch's momentum features."""
+    sim_i2t = image_feat @ text_feat_m.t() / temp
+    sim_t2i = text_feat @ image_feat_m.t() / temp
+    with torch.no_grad():
+        eye = torch.eye(sim_i2t.shape[0])
+        t_i2t = alpha * F.softmax(image_feat_m @ text_feat_m.t() / temp, dim=1) + (1 - alpha) * eye
+        t_t2i = alpha * F.softmax(text_feat_m @ image_feat_m.t() / temp, dim=1) + (1 - alpha) * eye
+    loss_i2t = -(F.log_softmax(sim_i2t, dim=1) * t_i2t).sum(1).mean()
+    loss_t2i = -(F.log_softmax(sim_t2i, dim=1) * t_t2i).sum(1).mean()
+    return (loss_i2t + loss_t2i) / 2, sim_i2t.detach(), sim_t2i.detach()
+
+
+def sample_negatives(sim: Tensor) -> Tensor:
+    """BLIP pretraining's rule: softmax(sim) + 1e-4, own pair zeroed, one multinomial draw per row."""
+    weights = F.softmax(sim, dim=1) + 1e-4
+    weights.fill_diagonal_(0)
+    return torch.multinomial(weights, 1).squeeze(1)
+
+
+def reference_step(ref: Reference, pixel_values, input_ids, attention_mask, args) -> Tensor:
+    retrieval, B = ref.retrieval, input_ids.shape[0]
+    temp = ref.temp.clamp(0.001, 0.5)
+
+    # ITC: the retrieval model's forward with use_itm_head=False runs its ViT and the unimodal text
+    # encoder; the features are re-projected from the tokens it returns (its output is only the
+    # online-online similarity, and ITC needs online-vs-momentum similarities).
+    out = retrieval(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, use_itm_head=False)
+    image_embeds = out.last_hidden_state
+    image_feat = F.normalize(retrieval.vision_proj(image_embeds[:, 0]), dim=-1)
+    text_feat = F.normalize(retrieval.text_proj(out.question_embeds[:, 0]), dim=-1)
+
+    with torch.no_grad():  # momentum encoders
+        m = ref.momentum
+        image_embeds_m = m["vision_model"](pixel_values=pixel_values).last_hidden_state
+        image_feat_m = F.normalize(m["vision_proj"](image_embeds_m[:, 0]), dim=-1)
+        text_hidden_m = m["text_encoder"](input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        text_feat_m = F.normalize(m["text_proj"](text_hidden_m[:, 0]), dim=-1)
+    loss_itc, sim_i2t, sim_t2i = in_batch_itc(image_feat, text_feat, image_feat_m, text_feat_m, temp, args.alpha)
+
+    # ITM on B positives + 2B hard negatives. use_itm_head=True would re-run the ViT on 3B images,
+    # so the same code path (text_encoder with cross-attention + itm_head) is called on the image
+    # tokens above; the cross-attention keys/values are projected for all 3B rows in every layer.
+    with torch.no_grad():
+        neg_text, neg_image = sample_negatives(sim_i2t), sample_negatives(sim_t2i)
+    itm_image = torch.cat([image_embeds, image_embeds[neg_image], image_embeds])
+    itm_ids = torch.cat([input_ids, input_ids, input_ids[neg_text]])
+    itm_ids[:, 0] = ENC_ID
+    itm_mask = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]])
+    image_atts = torch.ones(itm_image.shape[:-1], dtype=torch.long)
+    hidden = retrieval.text_encoder(
+        input_ids=itm_ids, attention_mask=itm_mask, encoder_hidden_states=itm_image, encoder_attention_mask=image_atts
+    ).last_hidden_state
+    itm_labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(2 * B, dtype=torch.long)])
+    loss_itm = F.cross_entropy(retrieval.itm_head(hidden[:, 0]), itm_labels)
+
+    # LM: the captioning model runs its own ViT, then the decoder (label smoothing 0.1 from its config)
+    dec_ids = input_ids.clone()
+    dec_ids[:, 0] = DEC_ID
+    labels = dec_ids.masked_fill(attention_mask == 0, -100)
+    loss_lm = ref.captioning(pixel_values=pixel_values, input_ids=dec_ids, attention_mask=attention_mask, labels=labels).loss
+
+    loss = loss_itc + loss_itm + loss_lm
+    loss.backward()
+    with torch.no_grad():
+        ref.temp.clamp_(0.001, 0.5)
+        for online, param_m in ref.pairs():
+            param_m.lerp_(online.detach(), 1.0 - args.momentum)
+    return loss.detach()
+
+
+def reference_params(ref: Reference) -> tuple[int, int, int, int]:
+    retrieval = count(ref.retrieval.parameters())
+    captioning = count(ref.captioning.parameters())
+    return retrieval, captioning, retrieval + captioning + 1, count(ref.momentum.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# timing
+# ------------------------------------------------------------------------------------------------
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def profile(name: str, fn, rows: int) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    print(f"\n--- profile: {name} (one step, top {rows} ops by self CPU time) ---")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48))
+
+
+def fmt_m(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    flush = torch.set_flush_denormal(True)
+    torch.manual_seed(args.seed)
+    import transformers
+
+    pixel_values, input_ids, attention_mask = make_batch(args)
+    ours = build_ours(args)
+    ref, ref_attn, sdpa_note = build_reference(args)
+
+    tokens = (args.image_size // args.patch_size) ** 2 + 1
+    print("BLIP pretraining step: lightning_blip vs transformers (fp32, CPU)")
+    print(f"  torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}, "
+          f"threads {torch.get_num_threads()}, flush_denormal {flush}")
+    print(f"  preset {args.preset}: ViT width {args.vision_width} depth {args.vision_depth} heads {args.vision_heads} "
+          f"ffn {args.vision_ffn} patch {args.patch_size} @ {args.image_size}px ({tokens} tokens); "
+          f"text width {args.text_width} layers {args.text_layers} heads {args.text_heads} ffn {args.text_ffn} "
+          f"vocab {args.vocab_size}; ITC dim {args.embed_dim}")
+    n_pad = int((attention_mask == 0).sum())
+    print(f"  batch {args.batch_size} pairs, text length {args.text_length} ({n_pad} of {attention_mask.numel()} "
+          f"positions padding), text dropout {args.dropout}, alpha {args.alpha}, momentum {args.momentum}, "
+          f"our ITC queue {args.queue_size}; weights normal(0, 0.02) on both sides")
+    print(f"  transformers attention: {ref_attn}; {sdpa_note}")
+    print("  work per step, both: online ViT fwd+bwd, momentum ViT + text fwd (no grad), unimodal text (B), "
+          "ITM encoder (3B), decoder (B), backward, EMA")
+    print("    ours:       1 online ViT forward; image cross-attention K/V projected once for B images and "
+          "indexed for the 3B ITM rows and the B LM rows; SDPA attention; decoder shares all but SA with encoder")
+    print("    reference:  2 online ViT forwards (BlipForImageTextRetrieval and BlipForConditionalGeneration each "
+          "run their own ViT: a cost ours removes); K/V projected for 3B (ITM) + B (LM) rows; eager attention")
+
+    o_online, o_mom = ours_params(ours)
+    r_ret, r_cap, r_online, r_mom = reference_params(ref)
+    print(f"  parameters ours:      online {fmt_m(o_online)} + momentum {fmt_m(o_mom)}")
+    print(f"  parameters reference: online {fmt_m(r_online)} (retrieval {fmt_m(r_ret)} + captioning {fmt_m(r_cap)} "
+          f"+ temp) + momentum {fmt_m(r_mom)}")
+    print("    (ours shares everything but self-attention between encoder and decoder, as BLIP pretrains; "
+          "the two transformers models hold separate ViTs, embeddings, FFNs and cross-attentions, and the "
+          "momentum copy of its text encoder also carries the unused cross-attention)")
+
+    steps = {
+        "ours": lambda: ours_step(ours, pixel_values, input_ids, attention_mask, args),
+        "reference": lambda: reference_step(ref, pixel_values, input_ids, attention_mask, args),
+    }
+    zero = {"ours": lambda: ours.zero_grad(set_to_none=True), "reference": ref.zero_grad}
+
+    def run(name: str) -> float:
+        zero[name]()
+        return timed(steps[name])
+
+    losses = {name: float(fn()) for name, fn in steps.items()}
+    for name in losses:
+        zero[name]()
+    print(f"  first-step total loss: ours {losses['ours']:.3f}, reference {losses['reference']:.3f}")
+    for _ in range(args.warmup):
+        for name in steps:
+            run(name)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    for i in range(args.repeats):
+        for name in order if i % 2 == 0 else order[::-1]:  # alternate who goes first
+            times[name].append(run(name))
+
+    print(f"\nseconds per step ({args.repeats} interleaved repeats after {args.warmup} warm-up steps each):")
+    med = {}
+    for name, ts in times.items():
+        med[name] = statistics.median(ts)
+        print(f"  {name:<10} median {med[name]:.3f}  min {min(ts):.3f}  max {max(ts):.3f}  "
+              f"({args.batch_size / med[name]:.1f} pairs/s)")
+    ratio = med["reference"] / med["ours"]
+    print(f"  ratio reference / ours (medians): {ratio:.2f}x "
+          f"(range {min(times['reference']) / max(times['ours']):.2f}x - {max(times['reference']) / min(times['ours']):.2f}x)")
+
+    if args.profile:
+        for name in steps:
+            zero[name]()
+            profile(name, steps[name], args.profile_rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""BLIP and BLIP-2 as PyTorch Lightning components."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from lightning_blip.cli import main
+
+main()

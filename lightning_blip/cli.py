@@ -1,0 +1,45 @@
+"""The ``lightning_blip`` command: LightningCLI for fit/validate/test/predict, plus our own commands."""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+
+class BlipCLI(LightningCLI):
+    """LightningCLI in subclass mode for model and data, with OmegaConf interpolation in recipes."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+
+COMMANDS = {
+    "quickstart": "lightning_blip.quickstart:main",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lightning_blip`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        module, func = COMMANDS[argv[0]].split(":")
+        getattr(__import__(module, fromlist=[func]), func)(argv[1:])
+        return
+    BlipCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

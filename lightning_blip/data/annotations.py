@@ -1,0 +1,113 @@
+"""LAVIS-style image-text annotations: ``.json`` (a list of records) or ``.jsonl`` (one record a line).
+
+A record is ``{"image": relpath, "caption": str | [str], "image_id": scalar (optional)}``; other keys
+are ignored. Malformed records are skipped with one warning line each and counted, never raised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageTextRecord:
+    """One image with its captions; ``image`` is relative to an image root."""
+
+    image: str
+    captions: tuple[str, ...]
+    image_id: str
+
+
+def parse_record(raw: Any) -> ImageTextRecord:
+    """Validate one raw record; raises ``TypeError`` or ``ValueError`` saying what is wrong."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"expected an object, got {type(raw).__name__}")
+    image = raw.get("image")
+    if not isinstance(image, str) or not image:
+        raise ValueError("missing or empty 'image'")
+    caption = raw.get("caption")
+    if isinstance(caption, str):
+        captions = (caption,)
+    elif isinstance(caption, list) and caption and all(isinstance(c, str) for c in caption):
+        captions = tuple(caption)
+    else:
+        raise ValueError("'caption' must be a string or a non-empty list of strings")
+    image_id = raw.get("image_id")
+    if image_id is None:
+        image_id = image
+    elif isinstance(image_id, (dict, list)):
+        raise ValueError("'image_id' must be a scalar")
+    return ImageTextRecord(image=image, captions=captions, image_id=str(image_id))
+
+
+def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(location, raw record)`` per non-blank line; a line that is not JSON gives a ``ValueError``."""
+    decoded = failed = 0
+    # undecodable bytes become U+FFFD so that such a line is one malformed record, not a crash
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                decoded += 1
+            except json.JSONDecodeError as err:
+                raw = ValueError(f"invalid JSON ({err.msg})")
+                failed += 1
+            yield f"line {number}", raw
+    if failed and not decoded:
+        raise ValueError(f"{path}: no line is valid JSON")
+
+
+def _json_list(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(location, raw record)`` for each element of the file's top-level list."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, list):
+        raise TypeError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    for index, raw in enumerate(data):
+        yield f"record {index}", raw
+
+
+def load_annotations(
+    paths: str | Path | Sequence[str | Path],
+) -> tuple[list[ImageTextRecord], int]:
+    """Read one or more annotation files; returns the records and how many malformed ones were skipped.
+
+    Raises, naming the file: ``FileNotFoundError`` if it is missing, ``ValueError`` if it is not JSON
+    (``.jsonl``: no line is) or its name ends in neither ``.json`` nor ``.jsonl``, ``TypeError`` if a
+    ``.json`` file holds something other than a list.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    records: list[ImageTextRecord] = []
+    skipped = 0
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file not found: {path}")
+        if path.suffix not in (".json", ".jsonl"):
+            raise ValueError(f"{path}: annotation files must end in .json or .jsonl")
+        for location, raw in (_json_lines if path.suffix == ".jsonl" else _json_list)(path):
+            try:
+                if isinstance(raw, ValueError):
+                    raise raw
+                records.append(parse_record(raw))
+            except (TypeError, ValueError) as err:
+                skipped += 1
+                log.warning("%s, %s: skipping malformed record: %s", path, location, err)
+    return records, skipped
+
+
+def expand_captions(records: Sequence[ImageTextRecord]) -> list[tuple[int, int]]:
+    """One ``(record index, caption index)`` pair per caption: each caption is its own training pair."""
+    return [(r, c) for r, record in enumerate(records) for c in range(len(record.captions))]

@@ -1,0 +1,236 @@
+"""LightningDataModule for image-text pairs from LAVIS-style annotation files, with exact mid-epoch resume."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from lightning_blip.data.annotations import load_annotations
+from lightning_blip.data.collate import ImageTextCollator
+from lightning_blip.data.dataset import ImageTextDataset
+from lightning_blip.data.sampler import ResumableDistributedSampler
+from lightning_blip.data.transforms import eval_transform, train_transform
+from lightning_blip.models.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class ImageTextDataModule(L.LightningDataModule):
+    """Image-text pairs for pretraining and evaluation; batches as documented in ``ImageTextCollator``.
+
+    Args:
+        train_annotations: ``.json`` / ``.jsonl`` annotation file(s) for training.
+        val_annotations: annotation file(s) for validation (optional during fit).
+        test_annotations: annotation file(s) for testing.
+        image_root: folder the annotations' image paths are relative to.
+        image_size: side of the square images fed to the model, in pixels.
+        batch_size: training batch size per device.
+        eval_batch_size: validation/test batch size per device; ``None`` uses ``batch_size``.
+        num_workers: dataloader worker processes per device.
+        max_words: captions are cut to this many words (``pre_caption``).
+        max_length: captions are cut to this many tokens, [CLS] and [SEP] included.
+        crop_scale: area range of the training RandomResizedCrop.
+        randaugment: add RandAugment(2, 5) to the training transform.
+        vocab: tokenizer ``vocab.txt`` (or a folder holding one); ``None`` uses the bundled
+            bert-base-uncased vocabulary.
+        seed: seed of the training order and of every sample's augmentation.
+        pin_memory: pin batches in page-locked memory.
+
+    Resume: ``state_dict()`` records the epoch of the next training batch and how many batches of that
+    epoch are done (with the batch size and world size); after ``load_state_dict`` the next
+    ``train_dataloader()`` starts at that point of the same permutation, with the same augmentations.
+    """
+
+    def __init__(
+        self,
+        train_annotations: str | list[str] | None = None,
+        val_annotations: str | list[str] | None = None,
+        test_annotations: str | list[str] | None = None,
+        image_root: str = ".",
+        image_size: int = 224,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        max_words: int = 30,
+        max_length: int = 30,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        randaugment: bool = False,
+        vocab: str | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.annotations = {"train": train_annotations, "val": val_annotations, "test": test_annotations}
+        self.image_root = image_root
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.max_words = max_words
+        self.crop_scale = crop_scale
+        self.randaugment = randaugment
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.tokenizer = build_tokenizer(vocab)
+        self.collator = ImageTextCollator(self.tokenizer, max_length)
+        self.datasets: dict[str, ImageTextDataset] = {}
+        self.num_skipped_records: dict[str, int] = {}
+        self._resume: dict[str, int] | None = None
+
+    def _load(self, split: str, required: bool) -> None:
+        paths = self.annotations[split]
+        if paths is None:
+            if required:
+                raise ValueError(f"{split}_annotations is not set")
+            return
+        records, skipped = load_annotations(paths)
+        if skipped:
+            log.warning("%s annotations: skipped %d malformed records", split, skipped)
+        self.num_skipped_records[split] = skipped
+        transform = (
+            train_transform(self.image_size, self.crop_scale, self.randaugment)
+            if split == "train"
+            else eval_transform(self.image_size)
+        )
+        self.datasets[split] = ImageTextDataset(
+            records, self.image_root, transform, self.max_words, substitute_corrupt=split == "train"
+        )
+
+    def setup(self, stage: str) -> None:
+        """Load the annotations the stage needs ("fit": train and, if given, val)."""
+        if stage == "fit":
+            self._load("train", required=True)
+            self._load("val", required=False)
+        elif stage == "validate":
+            self._load("val", required=True)
+        elif stage == "test":
+            self._load("test", required=True)
+
+    def _dataset(self, split: str) -> ImageTextDataset:
+        if split not in self.datasets:
+            raise RuntimeError(f"no {split} dataset: call setup() with {split}_annotations set")
+        return self.datasets[split]
+
+    def _start(self, epoch: int, world_size: int) -> tuple[int, int]:
+        """``(epoch, samples of this rank's share to skip)`` for a new training loader.
+
+        After ``load_state_dict`` (once): the saved position; otherwise the start of ``epoch``.
+        """
+        resume, self._resume = self._resume, None
+        if resume is None:
+            return epoch, 0
+        if (resume["batch_size"], resume["world_size"]) != (self.batch_size, world_size):
+            log.warning(
+                "resuming with batch size %d on %d devices, saved with %d on %d: not an exact resume",
+                self.batch_size,
+                world_size,
+                resume["batch_size"],
+                resume["world_size"],
+            )
+        return resume["epoch"], resume["batches_done"] * self.batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, drop-last batches of ``(index, seed)`` items; skips what a resumed epoch already did."""
+        world_size, rank, epoch = 1, 0, 0
+        if self.trainer is not None:
+            world_size, rank = self.trainer.world_size, self.trainer.global_rank
+            epoch = self.trainer.current_epoch
+        dataset = self._dataset("train")
+        sampler = ResumableDistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        epoch, skip = self._start(epoch, world_size)
+        # set here, not only by Lightning's set_epoch: workers prefetch from the sampler as soon as the
+        # loader is iterated, which on resume happens before Lightning sets the epoch
+        sampler.set_epoch(epoch)
+        sampler.skip(skip)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collator,
+            pin_memory=self.pin_memory,
+            drop_last=True,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_dataloader(self, split: str) -> DataLoader:
+        # Lightning adds a DistributedSampler (no shuffle, padded with repeats) when distributed
+        return DataLoader(
+            self._dataset(split),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self.collator,
+            pin_memory=self.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches in annotation order; an empty list (no validation) without val annotations."""
+        return self._eval_dataloader("val") if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in annotation order."""
+        return self._eval_dataloader("test")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands: ``{"epoch", "batches_done", "batch_size", "world_size"}``.
+
+        ``epoch`` is the epoch of the next training batch and ``batches_done`` its batches already
+        trained; ``{}`` without a trainer.
+        """
+        if self.trainer is None:
+            return {}
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress
+        # "processed" counts a batch once its training step ran; "completed" only after its
+        # on_train_batch_end hooks, where step-based checkpoints are saved (Lightning restores at processed)
+        epoch, done = self.trainer.current_epoch, batches.current.processed
+        if batches.is_last_batch:
+            epoch, done = epoch + 1, 0
+        return {
+            "epoch": epoch,
+            "batches_done": done,
+            "batch_size": self.batch_size,
+            "world_size": self.trainer.world_size,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember where the saved run was; the next ``train_dataloader()`` continues from there."""
+        self._resume = dict(state_dict) if state_dict else None
+
+
+class EasyVQACaptionDataModule(ImageTextDataModule):
+    """The offline easy-VQA image-text set ("a small red circle"), written on first use.
+
+    ``prepare_data`` writes ``train.json`` / ``test.json`` into ``output_dir`` from the ``easy-vqa``
+    package; its images are read in place. The test split serves as validation and test set.
+
+    Args:
+        output_dir: where the annotation files are written.
+        with_size: add "small"/"large" from the shape's area.
+        **kwargs: the other :class:`ImageTextDataModule` arguments.
+    """
+
+    def __init__(self, output_dir: str = "outputs/easy_vqa", with_size: bool = True, **kwargs: Any) -> None:
+        from lightning_blip.data.easy_vqa import easy_vqa_image_root
+
+        out = Path(output_dir)
+        super().__init__(
+            train_annotations=str(out / "train.json"),
+            val_annotations=str(out / "test.json"),
+            test_annotations=str(out / "test.json"),
+            image_root=str(easy_vqa_image_root()),
+            **kwargs,
+        )
+        self.output_dir, self.with_size = out, with_size
+
+    def prepare_data(self) -> None:
+        from lightning_blip.data.easy_vqa import write_easy_vqa_captions
+
+        if not (self.output_dir / "train.json").is_file() or not (self.output_dir / "test.json").is_file():
+            write_easy_vqa_captions(self.output_dir, self.with_size)

@@ -1,0 +1,118 @@
+"""A map-style dataset of (image, caption) pairs with per-sample augmentation seeds."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lightning_blip.data.annotations import ImageTextRecord, expand_captions
+from lightning_blip.data.text import pre_caption
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Seed torch's CPU generator and python's ``random`` for the block, restoring both afterwards.
+
+    Accelerator generators are left alone (``torch.manual_seed`` would reseed them for good).
+    """
+    python_state = random.getstate()
+    # devices=[]: forking CUDA generators would initialise CUDA inside dataloader workers
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+
+
+class ImageTextDataset(Dataset):
+    """One item per (record, caption) pair.
+
+    Args:
+        records: annotation records.
+        image_root: folder the records' image paths are relative to.
+        transform: PIL image -> ``(3, H, W)`` tensor.
+        max_words: ``pre_caption`` word limit.
+        substitute_corrupt: replace an unreadable item by the next readable one (training) instead
+            of returning ``None`` (evaluation, where the collator drops it).
+        max_substitutions: give up (return ``None``) after this many unreadable items in a row.
+
+    ``image_ids[i]`` is a dense id in ``0..K-1`` shared by all items of one ``image_id``, so that
+    contrastive losses can treat pairs of the same image as positives.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageTextRecord],
+        image_root: str | Path,
+        transform: Callable[[Image.Image], torch.Tensor],
+        max_words: int = 30,
+        substitute_corrupt: bool = False,
+        max_substitutions: int = 16,
+    ) -> None:
+        self.records = list(records)
+        self.substitute_corrupt = substitute_corrupt
+        self.max_substitutions = max_substitutions
+        self.image_root = Path(image_root)
+        self.transform = transform
+        self.max_words = max_words
+        self.pairs = expand_captions(self.records)
+        dense: dict[str, int] = {}
+        record_ids = [dense.setdefault(record.image_id, len(dense)) for record in self.records]
+        self.image_ids = [record_ids[r] for r, _ in self.pairs]
+        self.num_images = len(dense)
+        self.num_skipped = 0  # this process only; the collator reports skips per batch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        """``key`` is an index or ``(index, seed)``; with a seed the augmentation depends on nothing else.
+
+        Returns ``{"image": (3, H, W), "caption": str, "image_id": int, "index": int,
+        "num_skipped": int}``. When the image cannot be read or transformed it is skipped with a
+        warning: with ``substitute_corrupt`` the next readable item takes its place (so every rank
+        keeps the same batch size, which gathers across ranks need), else the result is ``None``.
+        """
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        tries = min(len(self), self.max_substitutions + 1) if self.substitute_corrupt else 1
+        for skipped in range(tries):
+            item = self._load((index + skipped) % len(self), seed)
+            if item is not None:
+                item["num_skipped"] = skipped
+                return item
+        return None
+
+    def _load(self, index: int, seed: int | None) -> dict[str, Any] | None:
+        record_index, caption_index = self.pairs[index]
+        record = self.records[record_index]
+        path = self.image_root / record.image
+        try:
+            with Image.open(path) as file:
+                file.load()
+                if seed is None:
+                    image = self.transform(file)
+                else:
+                    with seeded_rng(seed):
+                        image = self.transform(file)
+        except Exception as err:  # noqa: BLE001 -- a bad image is skipped, whatever the error
+            self.num_skipped += 1
+            log.warning("skipping image %s (item %d): %s: %s", path, index, type(err).__name__, err)
+            return None
+        return {
+            "image": image,
+            "caption": pre_caption(record.captions[caption_index], self.max_words),
+            "image_id": self.image_ids[index],
+            "index": index,
+        }

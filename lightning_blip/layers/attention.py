@@ -1,0 +1,119 @@
+"""Multi-head attention through ``F.scaled_dot_product_attention``, with key/value caching."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KeyValue = tuple[Tensor, Tensor]
+"""Keys and values of one attention layer, each ``(B, H, S, Dh)``."""
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention with separate query/key/value projections (BERT layout).
+
+    Keys and values can be passed in precomputed (``kv``): the image's cross-attention keys/values
+    are computed once per image and reused by every text pass and every decoding step.
+    """
+
+    def __init__(self, dim: int, num_heads: int, kv_dim: int | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not a multiple of the number of heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(kv_dim or dim, dim)
+        self.value = nn.Linear(kv_dim or dim, dim)
+        self.dropout = dropout
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def project_kv(self, x: Tensor) -> KeyValue:
+        """``(B, S, kv_dim)`` -> keys and values ``(B, H, S, Dh)``."""
+        return self._heads(self.key(x)), self._heads(self.value(x))
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        kv: KeyValue | None = None,
+        past_kv: KeyValue | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, KeyValue]:
+        """Attend from ``x`` ``(B, L, D)``.
+
+        Keys/values come from ``kv`` if given, else from ``context`` (cross-attention), else from
+        ``x`` (self-attention), appended to ``past_kv`` when decoding with a cache.
+        ``attn_mask`` is boolean, True = attend, broadcastable to ``(B, H, L, S)``.
+        Returns the output ``(B, L, D)`` and the keys/values used (for caching).
+        """
+        q = self._heads(self.query(x))
+        if kv is None:
+            kv = self.project_kv(x if context is None else context)
+            if past_kv is not None:
+                kv = (torch.cat([past_kv[0], kv[0]], dim=2), torch.cat([past_kv[1], kv[1]], dim=2))
+        k, v = kv
+        if q.dtype != k.dtype:  # cached keys from another precision (autocast on/off)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return out.transpose(1, 2).flatten(2), kv
+
+
+class AttentionSublayer(nn.Module):
+    """BERT's attention sublayer: attention, output projection, dropout, residual, post-LayerNorm."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kv_dim: int | None = None,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        self.attention = MultiHeadAttention(dim, num_heads, kv_dim, attention_dropout)
+        self.dense = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, **attention_kwargs) -> tuple[Tensor, KeyValue]:
+        """``(B, L, D)`` -> ``(B, L, D)`` and the attention's keys/values."""
+        out, kv = self.attention(x, **attention_kwargs)
+        return self.norm(x + self.dropout(self.dense(out))), kv
+
+
+class FeedForward(nn.Module):
+    """BERT's feed-forward sublayer: Linear, GELU, Linear, dropout, residual, post-LayerNorm."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.1, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.intermediate = nn.Linear(dim, hidden_dim)
+        self.output = nn.Linear(hidden_dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, L, D)`` -> ``(B, L, D)``."""
+        return self.norm(x + self.dropout(self.output(F.gelu(self.intermediate(x)))))
+
+
+def padding_mask(attention_mask: Tensor) -> Tensor:
+    """``(B, S)`` 1/0 mask -> boolean ``(B, 1, 1, S)``, True = attend."""
+    return attention_mask.bool()[:, None, None, :]
+
+
+def causal_padding_mask(attention_mask: Tensor, query_length: int) -> Tensor:
+    """Causal mask for the last ``query_length`` of ``S`` positions, combined with key padding.
+
+    ``attention_mask`` ``(B, S)`` covers cached and new positions; returns boolean ``(B, 1, L, S)``.
+    """
+    total = attention_mask.shape[1]
+    positions = torch.arange(total, device=attention_mask.device)
+    causal = positions[None, :] <= positions[total - query_length :, None]  # (L, S)
+    return causal[None, None] & padding_mask(attention_mask)

@@ -1,0 +1,73 @@
+"""Gathering tensors across ranks, with or without gradient; no-ops outside torch.distributed."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import Tensor
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size (0, 1 when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` ``(B, ...)`` from every rank along dim 0 -> ``(W * B, ...)``, no gradient.
+
+    Every rank must pass the same shape (use ``drop_last=True`` for training loaders).
+    """
+    _, world = rank_and_world()
+    if world == 1:
+        return x.detach()
+    out = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(out, x.detach().contiguous())
+    return torch.cat(out)
+
+
+def all_gather_with_grad(x: Tensor) -> Tensor:
+    """Like :func:`all_gather_no_grad` but gradients flow back to every rank's ``x``.
+
+    In backward each rank receives the sum over ranks of the gradients of its rows, so with DDP's
+    gradient averaging the result equals the gradient of the global-batch loss on one rank.
+    """
+    _, world = rank_and_world()
+    if world == 1:
+        return x
+    return torch.cat(dist_fn.all_gather(x.contiguous()))
+
+
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum ``x`` over ranks (no gradient)."""
+    _, world = rank_and_world()
+    if world == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x
+
+
+def all_gather_padded(ids: Tensor, mask: Tensor, pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Gather token ids and masks ``(B, L_rank)`` whose length differs per rank -> ``(W * B, L_max)``."""
+    _, world = rank_and_world()
+    if world == 1:
+        return ids, mask
+    length = all_reduce_max(ids.shape[1], ids.device)
+    ids, mask = pad_to(ids, length, pad_id), pad_to(mask, length, 0)
+    return all_gather_no_grad(ids), all_gather_no_grad(mask)
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """Largest ``value`` over ranks."""
+    t = torch.tensor(value, device=device)
+    if rank_and_world()[1] > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
+def pad_to(x: Tensor, length: int, value: int) -> Tensor:
+    """Right-pad ``(B, L)`` to ``(B, length)`` with ``value``."""
+    return torch.nn.functional.pad(x, (0, length - x.shape[1]), value=value)

@@ -1,0 +1,85 @@
+"""Image-text matching: hard-negative selection and the ITM loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def hard_negative_weights(sim: Tensor, positive_mask: Tensor, epsilon: float = 1e-4) -> Tensor:
+    """Sampling weights ``(B, K)`` for hard negatives: ``softmax(sim) + epsilon``, positives zeroed.
+
+    BLIP pretraining uses ``epsilon=1e-4``; its retrieval fine-tuning uses 0. A row whose every
+    candidate is a positive falls back to uniform weights over the other candidates, so sampling
+    never fails on small batches with repeated texts.
+    """
+    weights = F.softmax(sim.float(), dim=1) + epsilon
+    weights = weights.masked_fill(positive_mask, 0.0)
+    empty = weights.sum(dim=1) == 0
+    if empty.any():
+        fallback = torch.ones_like(weights[empty])
+        rows = torch.nonzero(empty).squeeze(1)
+        diagonal = positive_mask[rows].float().argmax(dim=1)
+        fallback[torch.arange(len(rows)), diagonal] = 0.0
+        weights[empty] = fallback
+    return weights
+
+
+def select_negatives(weights: Tensor, hardest: bool = False) -> Tensor:
+    """One negative per row of ``weights`` ``(B, K)`` -> indices ``(B,)``.
+
+    Sampled with ``torch.multinomial`` as in the paper, or the highest weight (``hardest``).
+    """
+    if hardest:
+        return weights.argmax(dim=1)
+    return torch.multinomial(weights, 1).squeeze(1)
+
+
+def itm_loss(logits: Tensor, num_positives: int) -> Tensor:
+    """Cross entropy of ITM logits ``(B_pos + B_neg, 2)`` whose first ``num_positives`` rows match."""
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    labels[:num_positives] = 1
+    return F.cross_entropy(logits.float(), labels)
+
+
+@dataclass
+class NegativeSampler:
+    """How ITM negatives are chosen.
+
+    Attributes:
+        strategy: ``"sample"`` (multinomial over the weights, the paper) or ``"hardest"`` (argmax).
+        pool: ``"local"`` (this rank's batch, BLIP pretraining) or ``"global"`` (every rank's
+            batch, BLIP retrieval with ``negative_all_rank``).
+        epsilon: added to the softmax before positives are zeroed (1e-4 in BLIP pretraining).
+    """
+
+    strategy: Literal["sample", "hardest"] = "sample"
+    pool: Literal["local", "global"] = "local"
+    epsilon: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("sample", "hardest"):
+            raise ValueError(f"strategy must be 'sample' or 'hardest', got {self.strategy!r}")
+        if self.pool not in ("local", "global"):
+            raise ValueError(f"pool must be 'local' or 'global', got {self.pool!r}")
+
+    def __call__(self, sim_i2t: Tensor, sim_t2i: Tensor, positive_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Negatives for each image and each text.
+
+        Args:
+            sim_i2t: ``(B, P)`` similarity of this rank's images to the pool's texts.
+            sim_t2i: ``(B, P)`` similarity of this rank's texts to the pool's images.
+            positive_mask: ``(B, P)`` True where the pair must not be a negative.
+
+        Returns:
+            ``(neg_text_idx, neg_image_idx)``, each ``(B,)`` indices into the pool.
+        """
+        hardest = self.strategy == "hardest"
+        with torch.no_grad():
+            neg_text = select_negatives(hard_negative_weights(sim_i2t, positive_mask, self.epsilon), hardest)
+            neg_image = select_negatives(hard_negative_weights(sim_t2i, positive_mask, self.epsilon), hardest)
+        return neg_text, neg_image

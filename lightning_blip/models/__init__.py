@@ -1,0 +1,18 @@
+"""Plain ``nn.Module`` models (no Lightning import): usable on their own."""
+
+from lightning_blip.models.blip import BlipConfig, BlipModel
+from lightning_blip.models.blip_pretraining import BlipForPretraining
+from lightning_blip.models.med import MEDConfig, MEDTextModel
+from lightning_blip.models.tokenizer import build_tokenizer
+from lightning_blip.models.vision import VisionConfig, VisionEncoder
+
+__all__ = [
+    "BlipConfig",
+    "BlipForPretraining",
+    "BlipModel",
+    "MEDConfig",
+    "MEDTextModel",
+    "VisionConfig",
+    "VisionEncoder",
+    "build_tokenizer",
+]

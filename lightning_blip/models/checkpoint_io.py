@@ -1,0 +1,38 @@
+"""Reading weight files safely: safetensors, or torch files with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """Load a flat ``{name: tensor}`` dict from a safetensors or torch file, never unpickling code.
+
+    A Lightning checkpoint's ``state_dict`` and a salesforce/LAVIS ``{"model": ...}`` wrapper are
+    unwrapped. A file that needs arbitrary unpickling is refused with a message that says so.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} needs arbitrary unpickling to load, which is refused for safety "
+            f"(torch.load(weights_only=True) failed: {err}). Re-save it as safetensors or as a plain "
+            "state dict of tensors."
+        ) from err
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return obj

@@ -1,0 +1,215 @@
+"""The MED text transformer: BERT-shaped, with the three modes of BLIP.
+
+1. ``"text"``: unimodal encoder, bidirectional self-attention, no cross-attention.
+2. ``"multimodal"``: image-grounded encoder, bidirectional self-attention + cross-attention.
+3. ``"decoder"``: image-grounded causal decoder, causal self-attention + cross-attention.
+
+The decoder shares every parameter with the encoder except the self-attention sublayers (the
+paper's best sharing, Table 3): each layer holds a second self-attention used in decoder mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from lightning_blip.layers.attention import (
+    AttentionSublayer,
+    FeedForward,
+    KeyValue,
+    causal_padding_mask,
+    padding_mask,
+)
+
+Mode = Literal["text", "multimodal", "decoder"]
+
+
+@dataclass
+class MEDConfig:
+    """Text transformer configuration (defaults: BERT-base with the BLIP vocabulary).
+
+    Attributes:
+        vocab_size: bert-base-uncased's 30522 + [DEC] + [ENC].
+        hidden_size: width D.
+        num_layers: transformer layers.
+        num_heads: attention heads.
+        intermediate_size: feed-forward width.
+        max_position_embeddings: longest text.
+        encoder_width: width of the image tokens that cross-attention reads.
+        cross_attention: layers have cross-attention to the image (False: a text-only encoder).
+        decoder: layers have a second, causal self-attention for decoder mode.
+        dropout: hidden dropout.
+        attention_dropout: dropout on attention probabilities.
+        layer_norm_eps: LayerNorm epsilon.
+        pad_token_id: padding id of the tokenizer.
+        initializer_range: std of the normal initialisation.
+        grad_checkpointing: recompute each layer in backward.
+    """
+
+    vocab_size: int = 30524
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    encoder_width: int = 768
+    cross_attention: bool = True
+    decoder: bool = True
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    initializer_range: float = 0.02
+    grad_checkpointing: bool = False
+
+
+class LayerCache(NamedTuple):
+    """Per-layer decoding cache: growing self-attention keys/values and the image's fixed ones."""
+
+    self_kv: KeyValue | None
+    image_kv: KeyValue | None
+
+
+class MEDOutput(NamedTuple):
+    """Text transformer output.
+
+    Attributes:
+        last_hidden_state: ``(B, L, D)``.
+        cache: one :class:`LayerCache` per layer when ``use_cache`` was set, else None.
+    """
+
+    last_hidden_state: Tensor
+    cache: list[LayerCache] | None
+
+
+class TextEmbeddings(nn.Module):
+    """Word + absolute position embeddings, LayerNorm, dropout (BLIP has no token types)."""
+
+    def __init__(self, config: MEDConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: Tensor, position_offset: int = 0) -> Tensor:
+        """``(B, L)`` ids -> ``(B, L, D)``."""
+        positions = torch.arange(
+            position_offset, position_offset + input_ids.shape[1], device=input_ids.device
+        )
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        return self.dropout(self.norm(x))
+
+
+class MEDLayer(nn.Module):
+    """One MED layer: self-attention (encoder or decoder copy), optional cross-attention, FFN."""
+
+    def __init__(self, config: MEDConfig) -> None:
+        super().__init__()
+        D, H = config.hidden_size, config.num_heads
+        kw = dict(dropout=config.dropout, attention_dropout=config.attention_dropout, eps=config.layer_norm_eps)
+        self.self_attn = AttentionSublayer(D, H, **kw)
+        self.decoder_self_attn = AttentionSublayer(D, H, **kw) if config.decoder else None
+        self.cross_attn = AttentionSublayer(D, H, kv_dim=config.encoder_width, **kw) if config.cross_attention else None
+        self.ffn = FeedForward(D, config.intermediate_size, config.dropout, config.layer_norm_eps)
+
+    def forward(
+        self,
+        x: Tensor,
+        self_mask: Tensor | None,
+        decoder: bool,
+        image_kv: KeyValue | None,
+        past_self_kv: KeyValue | None = None,
+    ) -> tuple[Tensor, KeyValue]:
+        """``(B, L, D)`` -> ``(B, L, D)`` and this layer's self-attention keys/values."""
+        if decoder and self.decoder_self_attn is None:
+            raise ValueError("decoder mode needs MEDConfig(decoder=True)")
+        self_attn = self.decoder_self_attn if decoder else self.self_attn
+        x, self_kv = self_attn(x, past_kv=past_self_kv, attn_mask=self_mask)
+        if image_kv is not None:
+            x, _ = self.cross_attn(x, kv=image_kv)
+        return self.ffn(x), self_kv
+
+
+class MEDTextModel(nn.Module):
+    """BERT-shaped text transformer with the unimodal, image-grounded and decoder modes."""
+
+    def __init__(self, config: MEDConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = TextEmbeddings(config)
+        self.layers = nn.ModuleList(MEDLayer(config) for _ in range(config.num_layers))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this module) that take no weight decay."""
+        return {"embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"}
+
+    def image_kv(self, image_embeds: Tensor) -> list[KeyValue]:
+        """Cross-attention keys/values of every layer for ``(B, N, encoder_width)`` image tokens.
+
+        Compute once per image and pass to every text pass (ITM, LM, each decoding step, each
+        retrieval candidate): index the batch dimension to pair images with other texts.
+        """
+        if not self.config.cross_attention:
+            raise ValueError("this text model has no cross-attention (MEDConfig.cross_attention=False)")
+        return [layer.cross_attn.attention.project_kv(image_embeds) for layer in self.layers]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        mode: Mode = "text",
+        image_embeds: Tensor | None = None,
+        image_kv: list[KeyValue] | None = None,
+        cache: list[LayerCache] | None = None,
+        use_cache: bool = False,
+    ) -> MEDOutput:
+        """Run the text transformer.
+
+        Args:
+            input_ids: ``(B, L)`` token ids (new tokens only when ``cache`` is given).
+            attention_mask: ``(B, S)`` 1 = token, 0 = padding, over cached + new tokens.
+            mode: ``"text"``, ``"multimodal"`` or ``"decoder"``.
+            image_embeds: ``(B, N, encoder_width)`` image tokens (modes 2 and 3), or
+            image_kv: their precomputed per-layer keys/values from :meth:`image_kv`.
+            cache: per-layer cache from an earlier decoder call.
+            use_cache: return the cache (decoder mode).
+        """
+        if cache is not None:
+            image_kv = [c.image_kv for c in cache]
+        if mode != "text" and image_kv is None:
+            if image_embeds is None:
+                raise ValueError(f"mode={mode!r} needs image_embeds, image_kv or a cache")
+            image_kv = self.image_kv(image_embeds)
+        past = 0 if cache is None or cache[0].self_kv is None else cache[0].self_kv[0].shape[2]
+        x = self.embeddings(input_ids, position_offset=past)
+        decoder = mode == "decoder"
+        if decoder:
+            mask = causal_padding_mask(attention_mask, input_ids.shape[1])
+        else:
+            mask = padding_mask(attention_mask)
+        new_cache: list[LayerCache] = []
+        for i, layer in enumerate(self.layers):
+            layer_image_kv = image_kv[i] if mode != "text" else None
+            past_kv = cache[i].self_kv if cache is not None else None
+            if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x, self_kv = checkpoint(layer, x, mask, decoder, layer_image_kv, past_kv, use_reentrant=False)
+            else:
+                x, self_kv = layer(x, mask, decoder, layer_image_kv, past_kv)
+            if use_cache:
+                new_cache.append(LayerCache(self_kv, layer_image_kv))
+        return MEDOutput(x, new_cache if use_cache else None)

@@ -1,0 +1,104 @@
+"""Image encoder: any timm Vision Transformer by name, returning all tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from lightning_blip.models.checkpoint_io import load_state_dict_file
+
+
+@dataclass
+class VisionConfig:
+    """Which timm ViT to build and how.
+
+    Attributes:
+        model_name: timm model name, e.g. ``vit_base_patch16_224`` or ``vit_large_patch16_224``.
+        image_size: input resolution; position embeddings are interpolated to it.
+        drop_path: stochastic depth rate.
+        grad_checkpointing_layers: recompute the last k blocks in backward (0 = off).
+        num_removed_blocks: drop the last k blocks (BLIP-2 uses the second-to-last layer's output).
+        final_norm: apply the ViT's final LayerNorm (BLIP does; BLIP-2 does not).
+        weights: optional local checkpoint (safetensors or a torch file loaded with weights_only).
+        timm_kwargs: extra keyword arguments for ``timm.create_model``.
+    """
+
+    model_name: str = "vit_base_patch16_224"
+    image_size: int = 224
+    drop_path: float = 0.0
+    grad_checkpointing_layers: int = 0
+    num_removed_blocks: int = 0
+    final_norm: bool = True
+    weights: str | None = None
+    timm_kwargs: dict | None = None
+
+
+class VisionEncoder(nn.Module):
+    """A timm ViT that returns every token, ``(B, 1 + N, D)`` with [CLS] first.
+
+    Nothing is fetched from a hub: weights come from ``config.weights`` (a local file) or stay random.
+    """
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vit = timm.create_model(
+            config.model_name,
+            pretrained=False,
+            num_classes=0,
+            img_size=config.image_size,
+            drop_path_rate=config.drop_path,
+            **(config.timm_kwargs or {}),
+        )
+        if not hasattr(self.vit, "blocks") or not hasattr(self.vit, "_pos_embed"):
+            raise ValueError(f"vision.model_name={config.model_name!r} is not a timm ViT with blocks")
+        if config.num_removed_blocks:
+            self.vit.blocks = self.vit.blocks[: len(self.vit.blocks) - config.num_removed_blocks]
+        if not config.final_norm:
+            self.vit.norm = nn.Identity()
+        self.width: int = self.vit.embed_dim
+        if config.weights:
+            self.load_weights(config.weights)
+
+    def load_weights(self, path: str | Path, strict: bool = True) -> None:
+        """Load a local ViT state dict, interpolating position embeddings to this image size."""
+        state = load_state_dict_file(path)
+        state = {k.removeprefix("vit."): v for k, v in state.items()}
+        own = self.vit.state_dict()
+        if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
+            grid = self.vit.patch_embed.grid_size
+            state["pos_embed"] = resample_abs_pos_embed(
+                state["pos_embed"], list(grid), num_prefix_tokens=self.vit.num_prefix_tokens
+            )
+        for drop in [k for k in state if k.startswith("head.") or k.startswith("fc_norm.")]:
+            state.pop(drop)
+        missing, unexpected = self.vit.load_state_dict(state, strict=False)
+        # blocks removed by ``num_removed_blocks`` are expected to be unused
+        unexpected = [k for k in unexpected if not k.startswith("blocks.")]
+        if strict and (missing or unexpected):
+            raise KeyError(f"vision weights {path}: missing keys {missing}, unexpected keys {unexpected}")
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this module) that take no weight decay."""
+        return {f"vit.{name}" for name in getattr(self.vit, "no_weight_decay", lambda: set())()}
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> ``(B, 1 + N, D)``."""
+        vit = self.vit
+        x = vit.patch_embed(pixel_values)
+        x = vit._pos_embed(x)
+        x = vit.patch_drop(x)
+        x = vit.norm_pre(x)
+        first_checkpointed = len(vit.blocks) - self.config.grad_checkpointing_layers
+        for i, block in enumerate(vit.blocks):
+            if i >= first_checkpointed and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return vit.norm(x)

@@ -1,0 +1,88 @@
+"""Shared Lightning glue: optimiser and schedule from the recipe, deterministic per-step seeding."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from lightning_blip.optim import TrainingLengthScheduler, param_groups
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """AdamW, lr 1e-4, weight decay 0.05 (recipes choose their own)."""
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+
+
+def step_seed(base_seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed that depends only on (base seed, optimiser step, rank)."""
+    digest = hashlib.blake2b(f"{base_seed}/{step}/{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class BlipTask(L.LightningModule):
+    """Base of every task module.
+
+    * The optimiser and learning-rate schedule come from the recipe (``optimizer:`` and
+      ``lr_scheduler:`` callables); parameter groups without weight decay for biases, norms,
+      embeddings and the temperature are built here, from trainable parameters only.
+    * Each training step reseeds torch's RNG from (seed, step, rank), so dropout and negative
+      sampling after a resume are the same as in an uninterrupted run.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.base_seed: int | None = None
+
+    def trainable_module(self) -> nn.Module:
+        """The module whose parameters are optimised (subclasses return their model)."""
+        return self
+
+    def no_weight_decay(self) -> set[str]:
+        """Names (relative to :meth:`trainable_module`) of parameters without weight decay."""
+        return set()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(param_groups(self.trainable_module(), self.no_weight_decay()))
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        if isinstance(scheduler, TrainingLengthScheduler):
+            total = int(self.trainer.estimated_stepping_batches)
+            scheduler.set_training_length(total, max(1, self.steps_per_epoch()))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch of the attached trainer."""
+        trainer = self.trainer
+        return max(1, int(trainer.num_training_batches) // trainer.accumulate_grad_batches)
+
+    def on_fit_start(self) -> None:
+        if self.base_seed is None:
+            self.base_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        torch.manual_seed(step_seed(self.base_seed, self.global_step, self.global_rank))
+
+    def log_skipped(self, batch: dict) -> None:
+        """Log how many corrupt samples the data pipeline has skipped so far (summed over ranks)."""
+        if "num_skipped" in batch:
+            self.skipped_samples = getattr(self, "skipped_samples", 0) + int(batch["num_skipped"])
+            self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="sum", sync_dist=True,
+                     batch_size=1)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["base_seed"] = self.base_seed
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.base_seed = checkpoint.get("base_seed")

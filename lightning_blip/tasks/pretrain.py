@@ -1,0 +1,122 @@
+"""``MEDPretrain``: BLIP pretraining (ITC + ITM + LM) as a LightningModule."""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
+from lightning_blip.losses.itm import NegativeSampler
+from lightning_blip.models.blip import BlipConfig
+from lightning_blip.models.blip_pretraining import BlipForPretraining, Positives
+from lightning_blip.models.checkpoint_io import load_state_dict_file
+from lightning_blip.tasks.base import BlipTask, default_optimizer
+
+
+class MEDPretrain(BlipTask):
+    """BLIP pretraining of the MED model on image-text pairs.
+
+    A thin layer over :class:`~lightning_blip.models.blip_pretraining.BlipForPretraining`: it ramps
+    alpha, clamps the temperature, logs each loss and shards the model under FSDP2. The momentum
+    EMA and the ITM negatives are the ``MomentumEncoder`` and ``HardNegativeMining`` callbacks; a
+    bare module adds both with their defaults, a recipe may configure its own.
+
+    Args:
+        config: the MED model (ViT + text transformer).
+        queue_size: ITC queue length (BLIP: 57,600).
+        alpha: momentum distillation weight (BLIP: 0.4).
+        alpha_ramp_epochs: alpha grows linearly from 0 over this many epochs (BLIP: 2).
+        gather_keys: the current batch's momentum ITC keys come from every rank (False: this
+            rank's only, as salesforce/BLIP does).
+        positives: ITC positives, ``"pair"``, ``"image_id"`` or ``"caption"`` (see
+            :class:`BlipForPretraining`).
+        init_weights: optional local weights for the MED model (our checkpoint or a state dict).
+        optimizer: optimiser callable (the recipe's ``optimizer:``).
+        lr_scheduler: schedule callable (the recipe's ``lr_scheduler:``), stepped every step.
+    """
+
+    def __init__(
+        self,
+        config: BlipConfig | None = None,
+        queue_size: int = 57600,
+        alpha: float = 0.4,
+        alpha_ramp_epochs: float = 2.0,
+        gather_keys: bool = True,
+        positives: Positives = "pair",
+        init_weights: str | None = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.model = BlipForPretraining(config, queue_size, gather_keys, positives)
+        if init_weights:
+            self.model.blip.load_state_dict(load_state_dict_file(init_weights))
+            self.model.copy_to_momentum()
+        self.alpha = alpha
+        self.alpha_ramp_epochs = alpha_ramp_epochs
+        self.negative_sampler = NegativeSampler()
+
+    def configure_callbacks(self) -> list:
+        present = self.trainer.callbacks if self._trainer is not None else []
+        defaults = [MomentumEncoder(), HardNegativeMining()]
+        return [d for d in defaults if not any(isinstance(c, type(d)) for c in present)]
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``: FSDP2-shard every transformer block, then the rest."""
+        if self.device_mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        model = self.model
+        for encoder in (model.blip.visual_encoder, model.visual_encoder_m):
+            for block in encoder.vit.blocks:
+                fully_shard(block, mesh=mesh)
+        for text in (model.blip.text, model.text_m):
+            for layer in text.layers:
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+
+    def trainable_module(self) -> nn.Module:
+        return self.model
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"blip.{name}" for name in self.model.blip.no_weight_decay()}
+
+    def momentum_update(self, momentum: float) -> None:
+        """Called by the ``MomentumEncoder`` callback after each optimiser step."""
+        self.model.momentum_update(momentum)
+
+    def current_alpha(self) -> float:
+        """``alpha * min(1, step / (alpha_ramp_epochs * steps_per_epoch))`` (BLIP's ramp)."""
+        if self.alpha_ramp_epochs <= 0:
+            return self.alpha
+        ramp = self.alpha_ramp_epochs * self.steps_per_epoch()
+        return self.alpha * min(1.0, self.global_step / ramp)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self.model.clamp_temperature_()
+
+    def training_step(self, batch: dict, batch_idx: int):
+        alpha = self.current_alpha()
+        out = self.model(
+            batch["image"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            image_ids=batch.get("image_id"),
+            alpha=alpha,
+            negative_sampler=self.negative_sampler,
+        )
+        loss = out.loss_itc + out.loss_itm + out.loss_lm
+        B = batch["input_ids"].shape[0]
+        self.log_dict(
+            {"train/loss_itc": out.loss_itc, "train/loss_itm": out.loss_itm, "train/loss_lm": out.loss_lm},
+            batch_size=B,
+            sync_dist=True,
+        )
+        self.log("train/loss", loss, batch_size=B, prog_bar=True, sync_dist=True)
+        self.log_dict({"train/alpha": alpha, "train/temp": out.temp}, batch_size=B)
+        self.log_skipped(batch)
+        return loss

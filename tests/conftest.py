@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random configs (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_blip.models.blip import BlipConfig
+from lightning_blip.models.med import MEDConfig
+from lightning_blip.models.vision import VisionConfig
+
+
+def tiny_vision(image_size: int = 32, **kw) -> VisionConfig:
+    """A 2-block ViT with 8-px patches."""
+    timm_kwargs = dict(embed_dim=48, depth=2, num_heads=4, patch_size=8)
+    return VisionConfig("vit_tiny_patch16_224", image_size=image_size, timm_kwargs=timm_kwargs, **kw)
+
+
+def tiny_text(**kw) -> MEDConfig:
+    """A 2-layer MED text transformer, 64 wide."""
+    base = dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+    base.update(kw)
+    return MEDConfig(**base)
+
+
+def tiny_blip(dropout: float = 0.0, **kw) -> BlipConfig:
+    return BlipConfig(
+        vision=tiny_vision(), text=tiny_text(dropout=dropout, attention_dropout=dropout), embed_dim=32, **kw
+    )
+
+
+@pytest.fixture
+def blip_config() -> BlipConfig:
+    return tiny_blip()
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def text_batch(batch: int = 4, length: int = 7, vocab: tuple[int, int] = (1000, 2000)) -> tuple:
+    """Random [CLS]-first token ids ``(B, L)`` ending in [SEP], with some right padding."""
+    ids = torch.randint(*vocab, (batch, length))
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    for row in range(batch):
+        end = length - (row % 3)
+        ids[row, end - 1] = 102
+        ids[row, end:] = 0
+        mask[row, end:] = 0
+    return ids, mask

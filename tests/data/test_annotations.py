@@ -1,0 +1,110 @@
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from lightning_blip.data.annotations import ImageTextRecord, expand_captions, load_annotations
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_json_list_with_defaults_and_extra_keys(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "a.json",
+        json.dumps(
+            [
+                {"image": "x/1.jpg", "caption": "A dog", "image_id": 7, "dataset": "coco"},
+                {"image": "x/2.jpg", "caption": ["one", "two"]},
+                {"image": "x/3.jpg", "caption": "c", "image_id": None},
+            ]
+        ),
+    )
+    records, skipped = load_annotations(path)
+    assert skipped == 0
+    assert records == [
+        ImageTextRecord("x/1.jpg", ("A dog",), "7"),
+        ImageTextRecord("x/2.jpg", ("one", "two"), "x/2.jpg"),
+        ImageTextRecord("x/3.jpg", ("c",), "x/3.jpg"),
+    ]
+
+
+def test_jsonl_skips_a_bad_line_and_a_bad_record_with_one_warning_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = [
+        json.dumps({"image": "1.jpg", "caption": "first"}),
+        "{not json",
+        "",
+        json.dumps({"image": "", "caption": "empty image"}),
+        json.dumps({"image": "2.jpg", "caption": "second", "image_id": "i2"}),
+    ]
+    path = _write(tmp_path / "a.jsonl", "\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        records, skipped = load_annotations(str(path))
+    assert [r.image for r in records] == ["1.jpg", "2.jpg"]
+    assert records[1].image_id == "i2"
+    assert skipped == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert str(path) in warnings[0] and "line 2" in warnings[0]
+    assert str(path) in warnings[1] and "line 4" in warnings[1]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["not", "a", "dict"],
+        {"caption": "no image"},
+        {"image": 3, "caption": "image not a string"},
+        {"image": "a.jpg"},
+        {"image": "a.jpg", "caption": 5},
+        {"image": "a.jpg", "caption": ["ok", 5]},
+        {"image": "a.jpg", "caption": []},
+        {"image": "a.jpg", "caption": "c", "image_id": {"nested": 1}},
+    ],
+)
+def test_each_kind_of_malformed_record_is_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: object
+) -> None:
+    good = {"image": "ok.jpg", "caption": "fine"}
+    path = _write(tmp_path / "a.json", json.dumps([good, bad, good]))
+    with caplog.at_level(logging.WARNING):
+        records, skipped = load_annotations(path)
+    assert (len(records), skipped) == (2, 1)
+    assert len(caplog.records) == 1 and "record 1" in caplog.records[0].getMessage()
+
+
+def test_several_files_are_concatenated(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.json", json.dumps([{"image": "1.jpg", "caption": "x"}]))
+    b = _write(tmp_path / "b.jsonl", json.dumps({"image": "2.jpg", "caption": "y"}) + "\n")
+    records, skipped = load_annotations([a, str(b)])
+    assert [r.image for r in records] == ["1.jpg", "2.jpg"] and skipped == 0
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_annotations(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("a.json", "this is not json"),
+        ("a.jsonl", "nope\nnor this\n"),
+        ("a.json", '{"image": "x"}'),
+        ("a.txt", "[]"),
+    ],
+)
+def test_a_file_that_is_not_annotations_raises_naming_it(tmp_path: Path, name: str, text: str) -> None:
+    path = _write(tmp_path / name, text)
+    with pytest.raises((TypeError, ValueError), match=str(path)):
+        load_annotations(path)
+
+
+def test_expand_captions_gives_one_pair_per_caption() -> None:
+    records = [ImageTextRecord("a", ("1", "2"), "a"), ImageTextRecord("b", ("3",), "b")]
+    assert expand_captions(records) == [(0, 0), (0, 1), (1, 0)]
