@@ -10,6 +10,26 @@ KeyValue = tuple[Tensor, Tensor]
 """Keys and values of one attention layer, each ``(B, H, S, Dh)``."""
 
 
+class KeyValueProjection(nn.Module):
+    """The key and value projections of an attention layer, ``(B, S, kv_dim)`` -> ``(B, H, S, Dh)`` each.
+
+    A module of its own so that the image's cross-attention keys/values can be computed through a
+    forward call (which FSDP2 hooks to gather sharded weights) once, outside the text passes.
+    """
+
+    def __init__(self, kv_dim: int, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key = nn.Linear(kv_dim, dim)
+        self.value = nn.Linear(kv_dim, dim)
+
+    def forward(self, x: Tensor) -> KeyValue:
+        def heads(t: Tensor) -> Tensor:
+            return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+        return heads(self.key(x)), heads(self.value(x))
+
+
 class MultiHeadAttention(nn.Module):
     """Self- or cross-attention with separate query/key/value projections (BERT layout).
 
@@ -24,16 +44,8 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(kv_dim or dim, dim)
-        self.value = nn.Linear(kv_dim or dim, dim)
+        self.kv = KeyValueProjection(kv_dim or dim, dim, num_heads)
         self.dropout = dropout
-
-    def _heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-
-    def project_kv(self, x: Tensor) -> KeyValue:
-        """``(B, S, kv_dim)`` -> keys and values ``(B, H, S, Dh)``."""
-        return self._heads(self.key(x)), self._heads(self.value(x))
 
     def forward(
         self,
@@ -50,9 +62,9 @@ class MultiHeadAttention(nn.Module):
         ``attn_mask`` is boolean, True = attend, broadcastable to ``(B, H, L, S)``.
         Returns the output ``(B, L, D)`` and the keys/values used (for caching).
         """
-        q = self._heads(self.query(x))
+        q = self.query(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
         if kv is None:
-            kv = self.project_kv(x if context is None else context)
+            kv = self.kv(x if context is None else context)
             if past_kv is not None:
                 kv = (torch.cat([past_kv[0], kv[0]], dim=2), torch.cat([past_kv[1], kv[1]], dim=2))
         k, v = kv

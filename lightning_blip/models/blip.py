@@ -37,6 +37,14 @@ class BlipConfig:
     sep_token_id: int = 102
     pad_token_id: int = 0
 
+    @classmethod
+    def from_dict(cls, values: dict) -> BlipConfig:
+        """Rebuild from :func:`dataclasses.asdict` output (checkpoints keep configs as plain dicts)."""
+        values = dict(values)
+        vision = VisionConfig(**values.pop("vision", {}))
+        text = MEDConfig(**values.pop("text", {}))
+        return cls(vision=vision, text=text, **values)
+
 
 class LMHead(nn.Module):
     """BERT's prediction head: dense, GELU, LayerNorm, then a decoder tied to the word embeddings."""
@@ -72,7 +80,8 @@ class BlipModel(nn.Module):
         self.text_proj = nn.Linear(D, E)
         self.itm_head = nn.Linear(D, 2)
         self.lm_head = LMHead(config.text, self.text.embeddings.word_embeddings)
-        self.temp = nn.Parameter(torch.tensor(config.temperature))
+        # shape (1,), not a scalar: FSDP2 cannot shard 0-d parameters
+        self.temp = nn.Parameter(torch.full((1,), config.temperature))
         for module in (self.vision_proj, self.text_proj, self.itm_head, self.lm_head.dense):
             nn.init.normal_(module.weight, std=config.text.initializer_range)
             nn.init.zeros_(module.bias)

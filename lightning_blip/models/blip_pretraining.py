@@ -240,7 +240,7 @@ class BlipForPretraining(nn.Module):
         logits = blip.lm_logits(input_ids, attention_mask, image_kv=image_kv)
         num_tokens = all_reduce_sum((labels[:, 1:] != -100).sum())
         loss_lm = lm_loss(logits, labels, reduction="sum") * world / num_tokens.clamp(min=1)
-        return PretrainingOutput(loss_itc, loss_itm, loss_lm, temp.detach(), neg_text_idx, neg_image_idx)
+        return PretrainingOutput(loss_itc, loss_itm, loss_lm, temp.detach().squeeze(), neg_text_idx, neg_image_idx)
 
 
 def concat_kv(parts: list[list[KeyValue]]) -> list[KeyValue]:

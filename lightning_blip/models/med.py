@@ -166,7 +166,7 @@ class MEDTextModel(nn.Module):
         """
         if not self.config.cross_attention:
             raise ValueError("this text model has no cross-attention (MEDConfig.cross_attention=False)")
-        return [layer.cross_attn.attention.project_kv(image_embeds) for layer in self.layers]
+        return [layer.cross_attn.attention.kv(image_embeds) for layer in self.layers]
 
     def forward(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
@@ -48,7 +50,11 @@ class MEDPretrain(BlipTask):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
+        if isinstance(config, dict):  # from a checkpoint's hyper-parameters
+            config = BlipConfig.from_dict(config)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # plain dicts, so a checkpoint loads with torch.load(weights_only=True)
+        self.hparams["config"] = asdict(config) if config is not None else None
         self.model = BlipForPretraining(config, queue_size, gather_keys, positives)
         if init_weights:
             self.model.blip.load_state_dict(load_state_dict_file(init_weights))
@@ -75,6 +81,8 @@ class MEDPretrain(BlipTask):
                 fully_shard(block, mesh=mesh)
         for text in (model.blip.text, model.text_m):
             for layer in text.layers:
+                if layer.cross_attn is not None:  # called on its own to compute the image's keys/values
+                    fully_shard(layer.cross_attn.attention.kv, mesh=mesh)
                 fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
 

@@ -87,6 +87,7 @@ def _step(model, batch, sampler):
 
 def _two_rank_worker(rank, world, path):
     import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
     results = {}
@@ -96,11 +97,12 @@ def _two_rank_worker(rank, world, path):
         torch.manual_seed(1)
         batch = _batch(8)
         half = [t[rank * 4 : (rank + 1) * 4] for t in batch]
-        losses, grads = _step(model, half, NegativeSampler("hardest", "global"))
+        ddp = DistributedDataParallel(model)  # averages the gradients over ranks
+        out = ddp(*half, alpha=0.4, negative_sampler=NegativeSampler("hardest", "global"))
+        (out.loss_itc + out.loss_itm + out.loss_lm).backward()
+        grads = {n: p.grad.clone() for n, p in model.blip.named_parameters()}
+        losses = torch.stack([out.loss_itc, out.loss_itm, out.loss_lm]).detach()
         dist.all_reduce(losses)
-        for g in grads.values():  # what DDP does: average the gradients
-            dist.all_reduce(g)
-            g /= world
         results[gather_keys] = {"losses": losses / world, "grads": grads, "text_queue": model.text_queue,
                                 "image_queue": model.image_queue, "ptr": model.queue_ptr}
     if rank == 0:

@@ -1,0 +1,55 @@
+"""Learning-rate schedules (hand-checked values)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_blip.optim import WarmupCosineLR, WarmupStepDecayLR
+
+
+def _lrs(scheduler, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        out.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return out
+
+
+def _opt(lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_step_decay_warms_up_in_epoch_zero_then_decays_per_epoch():
+    s = WarmupStepDecayLR(_opt(3e-4), warmup_steps=4, warmup_start_lr=1e-6, decay_rate=0.9, min_lr=1e-6)
+    s.set_training_length(total_steps=30, steps_per_epoch=10)
+    lrs = _lrs(s, 30)
+    assert lrs[0] == pytest.approx(1e-6)
+    assert lrs[2] == pytest.approx(1e-6 + (3e-4 - 1e-6) * 2 / 4)
+    assert lrs[4:10] == pytest.approx([3e-4] * 6)
+    assert lrs[10:20] == pytest.approx([3e-4 * 0.9] * 10)
+    assert lrs[20] == pytest.approx(3e-4 * 0.81)
+
+
+def test_step_decay_respects_min_lr():
+    s = WarmupStepDecayLR(_opt(1e-3), warmup_steps=0, decay_rate=0.1, min_lr=5e-5, steps_per_epoch=1)
+    assert _lrs(s, 4)[1:] == pytest.approx([1e-4, 5e-5, 5e-5])
+
+
+def test_cosine_after_warmup_reaches_min_lr_at_total_steps():
+    s = WarmupCosineLR(_opt(1e-4), warmup_steps=2, warmup_start_lr=0.0, min_lr=1e-5)
+    s.set_training_length(total_steps=12, steps_per_epoch=4)
+    lrs = _lrs(s, 13)
+    assert lrs[:3] == pytest.approx([0.0, 5e-5, 1e-4])
+    assert lrs[7] == pytest.approx(1e-5 + (1e-4 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[12] == pytest.approx(1e-5)
+
+
+def test_cosine_without_length_fails_clearly():
+    s = WarmupCosineLR(_opt(1e-4), warmup_steps=1)
+    s.optimizer.step()
+    with pytest.raises(RuntimeError, match="total_steps"):
+        s.step()
