@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from lightning_blip.data.collate import ImageTextCollator
 from lightning_blip.data.dataset import ImageTextDataset
+from lightning_blip.metrics.retrieval import recall_at_1
 from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.generation import decode_captions, greedy_decode
 
@@ -27,8 +28,8 @@ LOSSES = ("train/loss_itc", "train/loss_itm", "train/loss_lm")
 def caption_retrieval_r1(model: BlipModel, dataset: ImageTextDataset, collator: ImageTextCollator) -> dict:
     """Image-to-text and text-to-image R@1 by ITC similarity, one caption per image.
 
-    Captions repeat across images (they describe colour x shape), so a hit is a retrieved item that
-    carries the right caption. Chance: the probability that a random item carries it.
+    Captions repeat across images (they describe colour x shape x size), so a hit is a retrieved
+    item that carries the right caption. Chance: the probability that a random item carries it.
     """
     was_training = model.training
     model.eval()
@@ -37,17 +38,12 @@ def caption_retrieval_r1(model: BlipModel, dataset: ImageTextDataset, collator: 
         image_feats.append(model.encode_image(batch["image"]))
         text_feats.append(model.encode_text(batch["input_ids"], batch["attention_mask"]))
         captions += batch["caption"]
-    sim = torch.cat(image_feats) @ torch.cat(text_feats).t()
-    same = torch.tensor([[a == b for b in captions] for a in captions])
     model.train(was_training)
-    rows = torch.arange(len(captions))
-    counts = Counter(captions)
-    chance = sum((n / len(captions)) ** 2 for n in counts.values())
-    return {
-        "i2t_r1": same[rows, sim.argmax(1)].float().mean().item(),
-        "t2i_r1": same[sim.argmax(0), rows].float().mean().item(),
-        "chance": chance,
-    }
+    caption_id = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    ids = torch.tensor([caption_id[c] for c in captions])
+    result = recall_at_1(torch.cat(image_feats), torch.cat(text_feats), ids)
+    result["chance"] = sum((n / len(captions)) ** 2 for n in Counter(captions).values())
+    return result
 
 
 @torch.no_grad()
@@ -113,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.output_dir)
     cli = BlipCLI(
-        args=["-c", args.recipe, f"--trainer.default_root_dir={out}", f"--data.init_args.output_dir={out / 'data'}"]
+        args=["-c", args.recipe, f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+              f"--data.init_args.output_dir={out / 'data'}"]
         + overrides,
         run=False,
     )

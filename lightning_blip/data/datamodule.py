@@ -107,7 +107,7 @@ class ImageTextDataModule(L.LightningDataModule):
             self._load("val", required=False)
         elif stage == "validate":
             self._load("val", required=True)
-        elif stage == "test":
+        elif stage in ("test", "predict"):
             self._load("test", required=True)
 
     def _dataset(self, split: str) -> ImageTextDataset:
@@ -176,6 +176,10 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         """Test batches in annotation order."""
+        return self._eval_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test annotations, in order (``lightning_blip predict`` writes their embeddings)."""
         return self._eval_dataloader("test")
 
     def state_dict(self) -> dict[str, Any]:

@@ -145,7 +145,14 @@ class BlipForPretraining(nn.Module):
         self.id_queue[slots] = ids
         self.queue_ptr.copy_((self.queue_ptr + n) % self.queue_size)
 
-    def _positive_ids(self, input_ids: Tensor, image_ids: Tensor | None) -> Tensor | None:
+    def retrieval_features(
+        self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Normalised ITC features of images and texts, each ``(B, E)`` (for evaluation)."""
+        return self.blip.encode_image(pixel_values), self.blip.encode_text(input_ids, attention_mask)
+
+    def positive_ids(self, input_ids: Tensor, image_ids: Tensor | None) -> Tensor | None:
+        """Ids whose equality makes two pairs positives (None: only a pair with itself)."""
         if self.positives == "pair":
             return None
         if self.positives == "caption":
@@ -187,7 +194,7 @@ class BlipForPretraining(nn.Module):
         text_feat = blip.text_features(text_hidden)
 
         # ITC against [momentum keys of the batch ; queue]
-        ids = self._positive_ids(input_ids, image_ids)
+        ids = self.positive_ids(input_ids, image_ids)
         image_feat_m, text_feat_m = self._momentum_features(pixel_values, input_ids, attention_mask)
         ids_or_zeros = ids if ids is not None else torch.zeros(B, dtype=torch.long, device=input_ids.device)
         image_m_all, text_m_all = all_gather_no_grad(image_feat_m), all_gather_no_grad(text_feat_m)

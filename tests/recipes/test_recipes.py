@@ -48,3 +48,18 @@ def test_a_wrong_field_fails_at_once_naming_it(bad: str, capsys):
     with pytest.raises(SystemExit):
         BlipCLI(args=["-c", recipe, bad], run=False)
     assert bad.split("=")[0].split(".")[-1] in capsys.readouterr().err
+
+
+def test_validate_test_and_predict_subcommands(tmp_path: Path):
+    recipe = REPO / "recipes" / "blip_pretrain.yaml"
+    annotations = write_fake_dataset(tmp_path / "images")
+    common = ["-c", str(recipe), "-c", TINY, f"--data.init_args.image_root={annotations.parent}",
+              f"--trainer.default_root_dir={tmp_path}"]
+    for command, field in (("validate", "val"), ("test", "test"), ("predict", "test")):
+        cli = BlipCLI(args=[command, *common, f"--data.init_args.{field}_annotations=[{annotations}]"], run=True)
+        if command == "predict":
+            batches = cli.trainer.predict_loop.predictions
+            assert sum(len(b["index"]) for b in batches) == 16
+            assert batches[0]["image_embeds"].shape == (4, 32)
+        else:
+            assert 0.0 <= cli.trainer.callback_metrics[f"{field}/i2t_r1"] <= 1.0
