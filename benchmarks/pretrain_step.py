@@ -41,10 +41,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 PRESETS = {
-    # BLIP-shaped but small: a step runs well under 2 s on 2 CPU cores.
+    # BLIP-shaped (224 px, patch 16, head dim 64, FFN 4x, ViT and text of equal width and depth, as
+    # ViT-B + BERT-base) but small: a step of either side takes about 1.5-2.5 s on 2 CPU cores.
     "tiny": dict(
-        image_size=224, patch_size=16, vision_width=384, vision_depth=6, vision_heads=6, vision_ffn=1536,
-        text_width=384, text_layers=6, text_heads=6, text_ffn=1536,
+        image_size=224, patch_size=16, vision_width=256, vision_depth=6, vision_heads=4, vision_ffn=1024,
+        text_width=256, text_layers=6, text_heads=4, text_ffn=1024,
     ),
     # The real BLIP ViT-B/16 + BERT-base sizes (slow on CPU: tens of seconds per step per side).
     "base": dict(
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-length", type=int, default=30, help="padded text length (rows get 60-100%% of it)")
     p.add_argument("--dropout", type=float, default=0.1,
                    help="text hidden and attention dropout on both sides (BLIP/BERT: 0.1)")
+    p.add_argument("--attention-dropout", type=float, default=None,
+                   help="text attention-probability dropout on both sides (default: --dropout). On CPU any "
+                        "value > 0 sends our SDPA calls to the unfused math kernel")
     p.add_argument("--queue-size", type=int, default=None,
                    help="our ITC queue length (default: the batch size, i.e. nearly queue-free like the reference)")
     p.add_argument("--alpha", type=float, default=0.4, help="momentum distillation weight")
@@ -78,10 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="after timing, profile one step of each side")
     p.add_argument("--profile-rows", type=int, default=25)
+    p.add_argument("--phases", action="store_true",
+                   help="after timing, print a per-phase breakdown (median of --repeats) of each side")
     args = p.parse_args(argv)
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.attention_dropout is None:
+        args.attention_dropout = args.dropout
     if args.queue_size is None:
         args.queue_size = args.batch_size
     return args
@@ -159,7 +167,7 @@ def build_ours(args) -> nn.Module:
     text = MEDConfig(
         vocab_size=args.vocab_size, hidden_size=args.text_width, num_layers=args.text_layers,
         num_heads=args.text_heads, intermediate_size=args.text_ffn,
-        dropout=args.dropout, attention_dropout=args.dropout,
+        dropout=args.dropout, attention_dropout=args.attention_dropout,
     )
     model = BlipForPretraining(BlipConfig(vision=vision, text=text, embed_dim=args.embed_dim), queue_size=args.queue_size)
     reinit_(model.blip)
@@ -218,7 +226,7 @@ def transformers_configs(args):
         vocab_size=args.vocab_size, hidden_size=args.text_width, intermediate_size=args.text_ffn,
         num_hidden_layers=args.text_layers, num_attention_heads=args.text_heads,
         encoder_hidden_size=args.vision_width, hidden_dropout_prob=args.dropout,
-        attention_probs_dropout_prob=args.dropout, label_smoothing=0.1,
+        attention_probs_dropout_prob=args.attention_dropout, label_smoothing=0.1,
         bos_token_id=DEC_ID, pad_token_id=PAD_ID, sep_token_id=SEP_ID,
     )
     return BlipConfig(
@@ -361,6 +369,138 @@ def fmt_m(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
 
+# ------------------------------------------------------------------------------------------------
+# per-phase breakdown (diagnostic): the same step split into timed phases
+# ------------------------------------------------------------------------------------------------
+class PhaseClock:
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def tick(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = self.times.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def ours_phases(model, pixel_values, input_ids, attention_mask, args) -> dict[str, float]:
+    """Our step, phase by phase, through the public pieces ``BlipForPretraining.forward`` uses."""
+    from lightning_blip.losses.itc import itc_loss, itc_targets
+    from lightning_blip.losses.itm import NegativeSampler, itm_loss
+    from lightning_blip.losses.lm import lm_labels, lm_loss
+    from lightning_blip.models.blip_pretraining import concat_kv
+
+    blip, B = model.blip, input_ids.shape[0]
+    clock = PhaseClock()
+    temp = blip.temp.clamp(0.001, 0.5)
+    image_embeds = blip.forward_image(pixel_values)
+    image_feat = blip.image_features(image_embeds)
+    clock.tick("online ViT fwd (ours 1x, reference 2x)")
+    text_feat = blip.text_features(blip.text(input_ids, attention_mask, mode="text").last_hidden_state)
+    clock.tick("unimodal text fwd (B)")
+    with torch.no_grad():
+        image_feat_m = F.normalize(model.vision_proj_m(model.visual_encoder_m(pixel_values)[:, 0]), dim=-1)
+        clock.tick("momentum ViT fwd")
+        text_hidden_m = model.text_m(input_ids, attention_mask, mode="text").last_hidden_state
+        text_feat_m = F.normalize(model.text_proj_m(text_hidden_m[:, 0]), dim=-1)
+        clock.tick("momentum text fwd")
+    image_keys = torch.cat([image_feat_m, model.image_queue.t().clone()])
+    text_keys = torch.cat([text_feat_m, model.text_queue.t().clone()])
+    targets = itc_targets(B, image_keys.shape[0])
+    loss_itc = itc_loss(image_feat, text_feat, image_keys, text_keys, temp, targets, image_feat_m, text_feat_m, args.alpha)
+    with torch.no_grad():
+        positive = torch.eye(B, dtype=torch.bool)
+        neg_text, neg_image = NegativeSampler()(image_feat @ text_feat_m.t() / temp, text_feat @ image_feat_m.t() / temp, positive)
+    clock.tick("ITC loss + negative sampling")
+    image_kv = blip.image_kv(image_embeds)
+    clock.tick("image cross-attention K/V (B rows)")
+    itm_kv = concat_kv([image_kv, [(k[neg_image], v[neg_image]) for k, v in image_kv], image_kv])
+    itm_ids = torch.cat([input_ids, input_ids, input_ids[neg_text]])
+    itm_mask = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]])
+    loss_itm = itm_loss(blip.itm_logits(itm_ids, itm_mask, image_kv=itm_kv), num_positives=B)
+    clock.tick("ITM encoder fwd (3B)")
+    labels = lm_labels(input_ids, attention_mask)
+    loss_lm = lm_loss(blip.lm_logits(input_ids, attention_mask, image_kv=image_kv), labels)
+    clock.tick("decoder + LM head fwd (B)")
+    (loss_itc + loss_itm + loss_lm).backward()
+    clock.tick("backward")
+    model.momentum_update(args.momentum)
+    clock.tick("EMA update")
+    return clock.times
+
+
+def reference_phases(ref: Reference, pixel_values, input_ids, attention_mask, args) -> dict[str, float]:
+    """The reference step of :func:`reference_step`, phase by phase (same calls, same order)."""
+    retrieval, B = ref.retrieval, input_ids.shape[0]
+    clock = PhaseClock()
+    temp = ref.temp.clamp(0.001, 0.5)
+    image_embeds = retrieval.vision_model(pixel_values=pixel_values).last_hidden_state
+    cap_embeds = ref.captioning.vision_model(pixel_values=pixel_values).last_hidden_state
+    image_feat = F.normalize(retrieval.vision_proj(image_embeds[:, 0]), dim=-1)
+    clock.tick("online ViT fwd (ours 1x, reference 2x)")
+    text_hidden = retrieval.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    text_feat = F.normalize(retrieval.text_proj(text_hidden[:, 0]), dim=-1)
+    clock.tick("unimodal text fwd (B)")
+    with torch.no_grad():
+        m = ref.momentum
+        image_feat_m = F.normalize(m["vision_proj"](m["vision_model"](pixel_values=pixel_values).last_hidden_state[:, 0]), dim=-1)
+        clock.tick("momentum ViT fwd")
+        text_hidden_m = m["text_encoder"](input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        text_feat_m = F.normalize(m["text_proj"](text_hidden_m[:, 0]), dim=-1)
+        clock.tick("momentum text fwd")
+    loss_itc, sim_i2t, sim_t2i = in_batch_itc(image_feat, text_feat, image_feat_m, text_feat_m, temp, args.alpha)
+    with torch.no_grad():
+        neg_text, neg_image = sample_negatives(sim_i2t), sample_negatives(sim_t2i)
+    clock.tick("ITC loss + negative sampling")
+    itm_image = torch.cat([image_embeds, image_embeds[neg_image], image_embeds])
+    itm_ids = torch.cat([input_ids, input_ids, input_ids[neg_text]])
+    itm_ids[:, 0] = ENC_ID
+    itm_mask = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]])
+    hidden = retrieval.text_encoder(
+        input_ids=itm_ids, attention_mask=itm_mask, encoder_hidden_states=itm_image,
+        encoder_attention_mask=torch.ones(itm_image.shape[:-1], dtype=torch.long),
+    ).last_hidden_state
+    itm_labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(2 * B, dtype=torch.long)])
+    loss_itm = F.cross_entropy(retrieval.itm_head(hidden[:, 0]), itm_labels)
+    clock.tick("ITM encoder fwd (3B)")
+    dec_ids = input_ids.clone()
+    dec_ids[:, 0] = DEC_ID
+    labels = dec_ids.masked_fill(attention_mask == 0, -100)
+    loss_lm = ref.captioning.text_decoder(
+        input_ids=dec_ids, attention_mask=attention_mask, encoder_hidden_states=cap_embeds, labels=labels
+    ).loss
+    clock.tick("decoder + LM head fwd (B)")
+    (loss_itc + loss_itm + loss_lm).backward()
+    clock.tick("backward")
+    with torch.no_grad():
+        for online, param_m in ref.pairs():
+            param_m.lerp_(online.detach(), 1.0 - args.momentum)
+    clock.tick("EMA update")
+    return clock.times
+
+
+def print_phases(ours, ref, pixel_values, input_ids, attention_mask, args) -> None:
+    runs = {"ours": [], "reference": []}
+    for i in range(max(args.repeats, 3)):
+        for name in ("ours", "reference") if i % 2 == 0 else ("reference", "ours"):
+            if name == "ours":
+                ours.zero_grad(set_to_none=True)
+                runs[name].append(ours_phases(ours, pixel_values, input_ids, attention_mask, args))
+            else:
+                ref.zero_grad()
+                runs[name].append(reference_phases(ref, pixel_values, input_ids, attention_mask, args))
+    print("\nper-phase seconds (medians; the reference's ViT row holds both of its online ViT forwards, its image "
+          "K/V projections run inside its ITM and decoder rows, for 3B and B rows):")
+    print(f"  {'phase':<42}{'ours':>8}{'reference':>11}{'ref - ours':>12}")
+    totals = {"ours": 0.0, "reference": 0.0}
+    for phase in runs["ours"][0]:
+        row = {name: statistics.median(r.get(phase, 0.0) for r in rs) for name, rs in runs.items()}
+        totals = {name: totals[name] + row[name] for name in row}
+        print(f"  {phase:<42}{row['ours']:>8.3f}{row['reference']:>11.3f}{row['reference'] - row['ours']:>12.3f}")
+    print(f"  {'sum of medians':<42}{totals['ours']:>8.3f}{totals['reference']:>11.3f}"
+          f"{totals['reference'] - totals['ours']:>12.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -382,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
           f"vocab {args.vocab_size}; ITC dim {args.embed_dim}")
     n_pad = int((attention_mask == 0).sum())
     print(f"  batch {args.batch_size} pairs, text length {args.text_length} ({n_pad} of {attention_mask.numel()} "
-          f"positions padding), text dropout {args.dropout}, alpha {args.alpha}, momentum {args.momentum}, "
+          f"positions padding), text dropout {args.dropout} (attention {args.attention_dropout}), alpha {args.alpha}, momentum {args.momentum}, "
           f"our ITC queue {args.queue_size}; weights normal(0, 0.02) on both sides")
     print(f"  transformers attention: {ref_attn}; {sdpa_note}")
     print("  work per step, both: online ViT fwd+bwd, momentum ViT + text fwd (no grad), unimodal text (B), "
@@ -434,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio reference / ours (medians): {ratio:.2f}x "
           f"(range {min(times['reference']) / max(times['ours']):.2f}x - {max(times['reference']) / min(times['ours']):.2f}x)")
 
+    if args.phases:
+        print_phases(ours, ref, pixel_values, input_ids, attention_mask, args)
     if args.profile:
         for name in steps:
             zero[name]()

@@ -66,7 +66,9 @@ class WarmupCosineLR(TrainingLengthScheduler):
 
     def factor(self, step: int, base_lr: float) -> float:
         if step < self.warmup_steps:
-            return (self.warmup_start_lr + (base_lr - self.warmup_start_lr) * step / self.warmup_steps) / base_lr
+            return (
+                self.warmup_start_lr + (base_lr - self.warmup_start_lr) * step / self.warmup_steps
+            ) / base_lr
         if self.total_steps is None:
             raise RuntimeError("WarmupCosineLR needs total_steps (set by the task from the trainer)")
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))

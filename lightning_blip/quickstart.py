@@ -109,8 +109,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.output_dir)
     cli = BlipCLI(
-        args=["-c", args.recipe, f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
-              f"--data.init_args.output_dir={out / 'data'}"]
+        args=[
+            "-c",
+            args.recipe,
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            f"--data.init_args.output_dir={out / 'data'}",
+        ]
         + overrides,
         run=False,
     )

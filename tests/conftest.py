@@ -12,13 +12,13 @@ from lightning_blip.models.vision import VisionConfig
 
 def tiny_vision(image_size: int = 32, **kw) -> VisionConfig:
     """A 2-block ViT with 8-px patches."""
-    timm_kwargs = dict(embed_dim=48, depth=2, num_heads=4, patch_size=8)
+    timm_kwargs = {"embed_dim": 48, "depth": 2, "num_heads": 4, "patch_size": 8}
     return VisionConfig("vit_tiny_patch16_224", image_size=image_size, timm_kwargs=timm_kwargs, **kw)
 
 
 def tiny_text(**kw) -> MEDConfig:
     """A 2-layer MED text transformer, 64 wide."""
-    base = dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+    base = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128}
     base.update(kw)
     return MEDConfig(**base)
 

@@ -126,6 +126,22 @@ class BlipModel(nn.Module):
         """Per-layer cross-attention keys/values of image tokens; compute once, reuse per text."""
         return self.text.image_kv(image_embeds)
 
+    def _grounded(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        first_token: int,
+        mode: str,
+        image_embeds: Tensor | None,
+        image_kv: list[KeyValue] | None,
+    ) -> Tensor:
+        """Image-grounded pass with the first token replaced by [ENC] or [DEC] -> ``(B, L, D)``."""
+        input_ids = input_ids.clone()
+        input_ids[:, 0] = first_token
+        return self.text(
+            input_ids, attention_mask, mode=mode, image_embeds=image_embeds, image_kv=image_kv
+        ).last_hidden_state
+
     def itm_logits(
         self,
         input_ids: Tensor,
@@ -137,11 +153,10 @@ class BlipModel(nn.Module):
 
         The first token ([CLS]) is replaced by [ENC], as BLIP's image-grounded encoder does.
         """
-        input_ids = input_ids.clone()
-        input_ids[:, 0] = self.config.enc_token_id
-        hidden = self.text(
-            input_ids, attention_mask, mode="multimodal", image_embeds=image_embeds, image_kv=image_kv
-        ).last_hidden_state
+        cfg = self.config
+        hidden = self._grounded(
+            input_ids, attention_mask, cfg.enc_token_id, "multimodal", image_embeds, image_kv
+        )
         return self.itm_head(hidden[:, 0])
 
     def lm_logits(
@@ -155,11 +170,10 @@ class BlipModel(nn.Module):
 
         The first token is replaced by [DEC] (BLIP's bos).
         """
-        input_ids = input_ids.clone()
-        input_ids[:, 0] = self.config.bos_token_id
-        hidden = self.text(
-            input_ids, attention_mask, mode="decoder", image_embeds=image_embeds, image_kv=image_kv
-        ).last_hidden_state
+        cfg = self.config
+        hidden = self._grounded(
+            input_ids, attention_mask, cfg.bos_token_id, "decoder", image_embeds, image_kv
+        )
         return self.lm_head(hidden)
 
     def decode_step(

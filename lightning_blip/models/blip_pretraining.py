@@ -214,9 +214,19 @@ class BlipForPretraining(nn.Module):
         # ITM with hard negatives mined from the ITC similarities of the local or global batch
         with torch.no_grad():
             if sampler.pool == "global":
-                pool_image_keys, pool_text_keys, pool_ids, pool_offset = image_m_all, text_m_all, ids_all, rank * B
+                pool_image_keys, pool_text_keys, pool_ids, pool_offset = (
+                    image_m_all,
+                    text_m_all,
+                    ids_all,
+                    rank * B,
+                )
             else:
-                pool_image_keys, pool_text_keys, pool_ids, pool_offset = image_feat_m, text_feat_m, ids_or_zeros, 0
+                pool_image_keys, pool_text_keys, pool_ids, pool_offset = (
+                    image_feat_m,
+                    text_feat_m,
+                    ids_or_zeros,
+                    0,
+                )
             sim_i2t = image_feat @ pool_text_keys.t() / temp
             sim_t2i = text_feat @ pool_image_keys.t() / temp
             if ids is None:
@@ -247,7 +257,9 @@ class BlipForPretraining(nn.Module):
         logits = blip.lm_logits(input_ids, attention_mask, image_kv=image_kv)
         num_tokens = all_reduce_sum((labels[:, 1:] != -100).sum())
         loss_lm = lm_loss(logits, labels, reduction="sum") * world / num_tokens.clamp(min=1)
-        return PretrainingOutput(loss_itc, loss_itm, loss_lm, temp.detach().squeeze(), neg_text_idx, neg_image_idx)
+        return PretrainingOutput(
+            loss_itc, loss_itm, loss_lm, temp.detach().squeeze(), neg_text_idx, neg_image_idx
+        )
 
 
 def concat_kv(parts: list[list[KeyValue]]) -> list[KeyValue]:

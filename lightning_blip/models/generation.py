@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 @torch.no_grad()
 def greedy_decode(
-    model: "BlipModel",
+    model: BlipModel,
     image_embeds: Tensor,
     prompt_ids: Tensor,
     max_length: int = 20,
@@ -55,4 +55,4 @@ def decode_captions(tokenizer, ids: Tensor, prompt: str = "") -> list[str]:
     """Token ids ``(B, T)`` -> strings with special tokens and the prompt removed."""
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     prompt = prompt.strip()
-    return [t[len(prompt):].strip() if prompt and t.startswith(prompt) else t.strip() for t in texts]
+    return [t[len(prompt) :].strip() if prompt and t.startswith(prompt) else t.strip() for t in texts]

@@ -111,10 +111,16 @@ class MEDLayer(nn.Module):
     def __init__(self, config: MEDConfig) -> None:
         super().__init__()
         D, H = config.hidden_size, config.num_heads
-        kw = dict(dropout=config.dropout, attention_dropout=config.attention_dropout, eps=config.layer_norm_eps)
+        kw = {
+            "dropout": config.dropout,
+            "attention_dropout": config.attention_dropout,
+            "eps": config.layer_norm_eps,
+        }
         self.self_attn = AttentionSublayer(D, H, **kw)
         self.decoder_self_attn = AttentionSublayer(D, H, **kw) if config.decoder else None
-        self.cross_attn = AttentionSublayer(D, H, kv_dim=config.encoder_width, **kw) if config.cross_attention else None
+        self.cross_attn = (
+            AttentionSublayer(D, H, kv_dim=config.encoder_width, **kw) if config.cross_attention else None
+        )
         self.ffn = FeedForward(D, config.intermediate_size, config.dropout, config.layer_norm_eps)
 
     def forward(

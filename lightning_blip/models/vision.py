@@ -76,7 +76,7 @@ class VisionEncoder(nn.Module):
             state["pos_embed"] = resample_abs_pos_embed(
                 state["pos_embed"], list(grid), num_prefix_tokens=self.vit.num_prefix_tokens
             )
-        for drop in [k for k in state if k.startswith("head.") or k.startswith("fc_norm.")]:
+        for drop in [k for k in state if k.startswith(("head.", "fc_norm."))]:
             state.pop(drop)
         missing, unexpected = self.vit.load_state_dict(state, strict=False)
         # blocks removed by ``num_removed_blocks`` are expected to be unused

@@ -78,8 +78,13 @@ class BlipTask(L.LightningModule):
         """Log how many corrupt samples the data pipeline has skipped so far (summed over ranks)."""
         if "num_skipped" in batch:
             self.skipped_samples = getattr(self, "skipped_samples", 0) + int(batch["num_skipped"])
-            self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="sum", sync_dist=True,
-                     batch_size=1)
+            self.log(
+                "data/skipped_samples",
+                float(self.skipped_samples),
+                reduce_fx="sum",
+                sync_dist=True,
+                batch_size=1,
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["base_seed"] = self.base_seed

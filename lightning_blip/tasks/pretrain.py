@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
@@ -144,8 +144,12 @@ class MEDPretrain(BlipTask):
         )
         ids = self.model.positive_ids(batch["input_ids"], batch["image_id"])
         self._val_outputs.append(
-            {"image": image_feat, "text": text_feat, "ids": batch["image_id"] if ids is None else ids,
-             "index": batch["index"]}
+            {
+                "image": image_feat,
+                "text": text_feat,
+                "ids": batch["image_id"] if ids is None else ids,
+                "index": batch["index"],
+            }
         )
 
     def on_validation_epoch_end(self) -> None:
@@ -153,7 +157,10 @@ class MEDPretrain(BlipTask):
             return
         local = {k: torch.cat([o[k] for o in self._val_outputs]) for k in self._val_outputs[0]}
         self._val_outputs = []
-        gathered = {k: self.all_gather(v).flatten(0, 1) if self.trainer.world_size > 1 else v for k, v in local.items()}
+        gathered = {
+            k: self.all_gather(v).flatten(0, 1) if self.trainer.world_size > 1 else v
+            for k, v in local.items()
+        }
         recall = recall_at_1(**gathered)
         stage = "test" if self.trainer.testing else "val"
         self.log_dict({f"{stage}/{k}": v for k, v in recall.items()}, prog_bar=True, rank_zero_only=True)

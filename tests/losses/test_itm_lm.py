@@ -39,7 +39,9 @@ def test_sampler_validates_and_returns_both_directions():
     with pytest.raises(ValueError, match="strategy"):
         NegativeSampler(strategy="random")
     sim = torch.tensor([[5.0, 1.0, 3.0], [0.0, 5.0, 2.0], [4.0, 0.0, 5.0]])
-    neg_text, neg_image = NegativeSampler("hardest")(sim, sim.t().contiguous(), torch.eye(3, dtype=torch.bool))
+    neg_text, neg_image = NegativeSampler("hardest")(
+        sim, sim.t().contiguous(), torch.eye(3, dtype=torch.bool)
+    )
     assert neg_text.tolist() == [2, 2, 0] and neg_image.tolist() == [2, 0, 0]
 
 
@@ -71,6 +73,8 @@ def test_ignored_tokens_do_not_count():
     labels = torch.tensor([[0, 1, -100, 3]])
     total = lm_loss(logits, labels, reduction="sum")
     ce = torch.nn.functional.cross_entropy
-    parts = ce(logits[0, 0], torch.tensor(1), label_smoothing=0.1) + ce(logits[0, 2], torch.tensor(3), label_smoothing=0.1)
+    parts = ce(logits[0, 0], torch.tensor(1), label_smoothing=0.1) + ce(
+        logits[0, 2], torch.tensor(3), label_smoothing=0.1
+    )
     torch.testing.assert_close(total, parts)
     torch.testing.assert_close(lm_loss(logits, labels), total / 2)

@@ -60,7 +60,9 @@ def test_cached_greedy_equals_recomputing_everything(blip_config):
 def test_generate_returns_strings_without_the_prompt(blip_config):
     model = BlipModel(blip_config).eval()
     captions = model.generate(torch.randn(2, 3, 32, 32), build_tokenizer(), max_length=8)
-    assert len(captions) == 2 and all(isinstance(c, str) and not c.startswith("a picture of") for c in captions)
+    assert len(captions) == 2 and all(
+        isinstance(c, str) and not c.startswith("a picture of") for c in captions
+    )
 
 
 def test_tokenizer_adds_dec_and_enc():

@@ -22,7 +22,11 @@ def test_every_online_parameter_learns_and_momentum_copies_do_not():
     (out.loss_itc + out.loss_itm + out.loss_lm).backward()
     missing = [n for n, p in model.blip.named_parameters() if p.grad is None]
     assert missing == []
-    assert all(p.grad is None and not p.requires_grad for m in model.momentum_modules().values() for p in m.parameters())
+    assert all(
+        p.grad is None and not p.requires_grad
+        for m in model.momentum_modules().values()
+        for p in m.parameters()
+    )
 
 
 def test_momentum_copies_start_equal_and_follow_the_ema():
@@ -103,8 +107,13 @@ def _two_rank_worker(rank, world, path):
         grads = {n: p.grad.clone() for n, p in model.blip.named_parameters()}
         losses = torch.stack([out.loss_itc, out.loss_itm, out.loss_lm]).detach()
         dist.all_reduce(losses)
-        results[gather_keys] = {"losses": losses / world, "grads": grads, "text_queue": model.text_queue,
-                                "image_queue": model.image_queue, "ptr": model.queue_ptr}
+        results[gather_keys] = {
+            "losses": losses / world,
+            "grads": grads,
+            "text_queue": model.text_queue,
+            "image_queue": model.image_queue,
+            "ptr": model.queue_ptr,
+        }
     if rank == 0:
         torch.save(results, path)
 

@@ -108,7 +108,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        model = MEDTextModel(tiny_text(encoder_width=48, dropout=0.0, attention_dropout=0.0, grad_checkpointing=ckpt))
+        model = MEDTextModel(
+            tiny_text(encoder_width=48, dropout=0.0, attention_dropout=0.0, grad_checkpointing=ckpt)
+        )
         model(ids, mask, "multimodal", image_embeds=image).last_hidden_state.pow(2).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1])

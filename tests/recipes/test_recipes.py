@@ -18,7 +18,10 @@ def _data_args(recipe: Path, tmp_path: Path) -> list[str]:
     if "quickstart" in recipe.name:  # the real easy-VQA data, written on first use
         return [f"--data.init_args.output_dir={tmp_path / 'easy_vqa'}"]
     annotations = write_fake_dataset(tmp_path / "images", corrupt=1)
-    return [f"--data.init_args.train_annotations=[{annotations}]", f"--data.init_args.image_root={annotations.parent}"]
+    return [
+        f"--data.init_args.train_annotations=[{annotations}]",
+        f"--data.init_args.image_root={annotations.parent}",
+    ]
 
 
 def test_recipes_are_found():
@@ -27,7 +30,14 @@ def test_recipes_are_found():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_runs_one_step(recipe: Path, tmp_path: Path):
-    args = ["-c", str(recipe), "-c", TINY, "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        "-c",
+        str(recipe),
+        "-c",
+        TINY,
+        "--trainer.fast_dev_run=1",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     cli = BlipCLI(args=args + _data_args(recipe, tmp_path), run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 1
@@ -53,10 +63,18 @@ def test_a_wrong_field_fails_at_once_naming_it(bad: str, capsys):
 def test_validate_test_and_predict_subcommands(tmp_path: Path):
     recipe = REPO / "recipes" / "blip_pretrain.yaml"
     annotations = write_fake_dataset(tmp_path / "images")
-    common = ["-c", str(recipe), "-c", TINY, f"--data.init_args.image_root={annotations.parent}",
-              f"--trainer.default_root_dir={tmp_path}"]
+    common = [
+        "-c",
+        str(recipe),
+        "-c",
+        TINY,
+        f"--data.init_args.image_root={annotations.parent}",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     for command, field in (("validate", "val"), ("test", "test"), ("predict", "test")):
-        cli = BlipCLI(args=[command, *common, f"--data.init_args.{field}_annotations=[{annotations}]"], run=True)
+        cli = BlipCLI(
+            args=[command, *common, f"--data.init_args.{field}_annotations=[{annotations}]"], run=True
+        )
         if command == "predict":
             batches = cli.trainer.predict_loop.predictions
             assert sum(len(b["index"]) for b in batches) == 16

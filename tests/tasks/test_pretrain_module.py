@@ -21,12 +21,21 @@ def _module(**kw) -> MEDPretrain:
 
 def _datamodule(tmp_path, n: int = 16) -> ImageTextDataModule:
     annotations = write_fake_dataset(tmp_path / "images", num_images=n)
-    return ImageTextDataModule(str(annotations), image_root=str(annotations.parent), image_size=32, batch_size=4, num_workers=0)
+    return ImageTextDataModule(
+        str(annotations), image_root=str(annotations.parent), image_size=32, batch_size=4, num_workers=0
+    )
 
 
 def _trainer(tmp_path, **kw) -> L.Trainer:
-    base = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, default_root_dir=tmp_path)
+    base = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+    }
     return L.Trainer(**{**base, **kw})
 
 
@@ -69,7 +78,11 @@ def test_callback_state_round_trips():
     other = HardNegativeMining()
     sampler = other.sampler
     other.load_state_dict(cb.state_dict())
-    assert other.sampler is sampler and (sampler.strategy, sampler.pool, sampler.epsilon) == ("hardest", "global", 0.0)
+    assert other.sampler is sampler and (sampler.strategy, sampler.pool, sampler.epsilon) == (
+        "hardest",
+        "global",
+        0.0,
+    )
     m = MomentumEncoder(0.99)
     m2 = MomentumEncoder()
     m2.load_state_dict(m.state_dict())
@@ -88,8 +101,12 @@ def test_parameter_groups_exclude_frozen_and_skip_decay_where_due():
     decayed = {names[id(p)] for p in decay["params"]}
     plain = {names[id(p)] for p in no_decay["params"]}
     assert not any("_m." in n for n in decayed | plain)  # momentum copies: no optimiser state
-    assert {"blip.temp", "blip.text.embeddings.word_embeddings.weight", "blip.visual_encoder.vit.pos_embed",
-            "blip.visual_encoder.vit.cls_token"} <= plain
+    assert {
+        "blip.temp",
+        "blip.text.embeddings.word_embeddings.weight",
+        "blip.visual_encoder.vit.pos_embed",
+        "blip.visual_encoder.vit.cls_token",
+    } <= plain
     assert all(n.endswith(".weight") for n in decayed) and not any("norm" in n for n in decayed)
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     assert decayed | plain == trainable

@@ -18,7 +18,9 @@ def _losses(log_dir: Path) -> dict[int, tuple[float, ...]]:
     with open(next(log_dir.rglob("metrics.csv"))) as f:
         for row in csv.DictReader(f):
             if row.get("train/loss_itc"):
-                out[int(row["step"])] = tuple(float(row[k]) for k in ("train/loss_itc", "train/loss_itm", "train/loss_lm"))
+                out[int(row["step"])] = tuple(
+                    float(row[k]) for k in ("train/loss_itc", "train/loss_itm", "train/loss_lm")
+                )
     return out
 
 
@@ -83,7 +85,9 @@ def test_module_built_in_python_saves_plain_hyperparameters(tmp_path):
     from lightning_blip.tasks import MEDPretrain
 
     module = MEDPretrain(tiny_blip(), queue_size=8)
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, tmp_path / "m.ckpt")
+    torch.save(
+        {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, tmp_path / "m.ckpt"
+    )
     loaded = torch.load(tmp_path / "m.ckpt", weights_only=True)
     rebuilt = MEDPretrain(**loaded["hyper_parameters"])
     rebuilt.load_state_dict(loaded["state_dict"])
