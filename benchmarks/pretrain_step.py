@@ -365,6 +365,29 @@ def profile(name: str, fn, rows: int) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48))
 
 
+def count_flops(fn) -> float:
+    """Matmul/conv/attention FLOPs of one call of ``fn`` (torch's FlopCounterMode).
+
+    torch's counter has no formula for the CPU flash-attention kernel that SDPA (ours, timm's ViT)
+    dispatches to, so the standard SDPA formulas are registered for it here.
+    """
+    from torch.utils import flop_counter as fcm
+
+    aten = torch.ops.aten
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: (
+            lambda q, k, v, *a, out_shape=None, **kw: fcm.sdpa_flop_count(q, k, v)
+        ),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+            lambda g, q, k, v, *a, out_shape=None, **kw: fcm.sdpa_backward_flop_count(g, q, k, v)
+        ),
+    }
+    counter = fcm.FlopCounterMode(display=False, custom_mapping=mapping)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def fmt_m(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
@@ -555,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in losses:
         zero[name]()
     print(f"  first-step total loss: ours {losses['ours']:.3f}, reference {losses['reference']:.3f}")
+    flops = {}
+    for name in steps:
+        zero[name]()
+        flops[name] = count_flops(steps[name])
+    print(f"  FLOPs per step (matmul, conv, attention; torch FlopCounterMode): ours {flops['ours'] / 1e9:.1f} G, "
+          f"reference {flops['reference'] / 1e9:.1f} G ({flops['reference'] / flops['ours']:.2f}x)")
     for _ in range(args.warmup):
         for name in steps:
             run(name)
@@ -569,11 +598,18 @@ def main(argv: list[str] | None = None) -> int:
     for name, ts in times.items():
         med[name] = statistics.median(ts)
         print(f"  {name:<10} median {med[name]:.3f}  min {min(ts):.3f}  max {max(ts):.3f}  "
-              f"({args.batch_size / med[name]:.1f} pairs/s)")
+              f"({args.batch_size / med[name]:.1f} pairs/s, {flops[name] / med[name] / 1e9:.0f} GFLOP/s)")
     ratio = med["reference"] / med["ours"]
     print(f"  ratio reference / ours (medians): {ratio:.2f}x "
-          f"(range {min(times['reference']) / max(times['ours']):.2f}x - {max(times['reference']) / min(times['ours']):.2f}x)")
+          f"(ratio of minimums {min(times['reference']) / min(times['ours']):.2f}x, of maximums "
+          f"{max(times['reference']) / max(times['ours']):.2f}x)")
 
+    noisy = [name for name, ts in times.items() if max(ts) > 1.5 * min(ts)]
+    if noisy:
+        print(f"  warning: {', '.join(noisy)} varied by more than 1.5x between repeats: the machine was busy; "
+              "rerun or raise --repeats")
+    print(f"  the reference executes {flops['reference'] / flops['ours']:.2f}x our FLOPs (its second online ViT "
+          "forward+backward and its 4B-row image K/V projections); the rest of the speed ratio is per-FLOP speed")
     if args.phases:
         print_phases(ours, ref, pixel_values, input_ids, attention_mask, args)
     if args.profile:
