@@ -136,3 +136,17 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(tmp_path):
     local = results[False]
     assert not torch.allclose(local["losses"][0], losses[0])
     torch.testing.assert_close(local["text_queue"], model.text_queue)
+
+
+def test_bf16_autocast_losses_stay_close_to_fp32():
+    model = BlipForPretraining(tiny_blip(), queue_size=8)
+    batch = _batch()
+    sampler = NegativeSampler("hardest")
+    state = model.state_dict()
+    fp32 = model(*batch, alpha=0.4, negative_sampler=sampler)
+    model.load_state_dict(state)  # same queues
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(*batch, alpha=0.4, negative_sampler=sampler)
+    for a, b in zip(fp32[:3], bf16[:3]):
+        assert b.dtype == torch.float32  # losses are computed in fp32
+        torch.testing.assert_close(b, a, rtol=3e-2, atol=3e-2)
