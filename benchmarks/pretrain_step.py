@@ -43,37 +43,73 @@ from torch import Tensor, nn
 PRESETS = {
     # BLIP-shaped (224 px, patch 16, head dim 64, FFN 4x, ViT and text of equal width and depth, as
     # ViT-B + BERT-base) but small: a step of either side takes about 1.5-2.5 s on 2 CPU cores.
-    "tiny": dict(
-        image_size=224, patch_size=16, vision_width=256, vision_depth=6, vision_heads=4, vision_ffn=1024,
-        text_width=256, text_layers=6, text_heads=4, text_ffn=1024,
-    ),
+    "tiny": {
+        "image_size": 224,
+        "patch_size": 16,
+        "vision_width": 256,
+        "vision_depth": 6,
+        "vision_heads": 4,
+        "vision_ffn": 1024,
+        "text_width": 256,
+        "text_layers": 6,
+        "text_heads": 4,
+        "text_ffn": 1024,
+    },
     # The real BLIP ViT-B/16 + BERT-base sizes (slow on CPU: tens of seconds per step per side).
-    "base": dict(
-        image_size=224, patch_size=16, vision_width=768, vision_depth=12, vision_heads=12, vision_ffn=3072,
-        text_width=768, text_layers=12, text_heads=12, text_ffn=3072,
-    ),
+    "base": {
+        "image_size": 224,
+        "patch_size": 16,
+        "vision_width": 768,
+        "vision_depth": 12,
+        "vision_heads": 12,
+        "vision_ffn": 3072,
+        "text_width": 768,
+        "text_layers": 12,
+        "text_heads": 12,
+        "text_ffn": 3072,
+    },
 }
 
 CLS_ID, SEP_ID, PAD_ID, DEC_ID, ENC_ID = 101, 102, 0, 30522, 30523
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                   help="size preset; 'base' = ViT-B/16 + BERT-base (slow on CPU). Size flags override it.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="tiny",
+        help="size preset; 'base' = ViT-B/16 + BERT-base (slow on CPU). Size flags override it.",
+    )
     for name in PRESETS["tiny"]:
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"override the preset's {name}")
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=None, help=f"override the preset's {name}"
+        )
     p.add_argument("--vocab-size", type=int, default=30524)
     p.add_argument("--embed-dim", type=int, default=256, help="ITC projection width")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--text-length", type=int, default=30, help="padded text length (rows get 60-100%% of it)")
-    p.add_argument("--dropout", type=float, default=0.1,
-                   help="text hidden and attention dropout on both sides (BLIP/BERT: 0.1)")
-    p.add_argument("--attention-dropout", type=float, default=None,
-                   help="text attention-probability dropout on both sides (default: --dropout). On CPU any "
-                        "value > 0 sends our SDPA calls to the unfused math kernel")
-    p.add_argument("--queue-size", type=int, default=None,
-                   help="our ITC queue length (default: the batch size, i.e. nearly queue-free like the reference)")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="text hidden and attention dropout on both sides (BLIP/BERT: 0.1)",
+    )
+    p.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=None,
+        help="text attention-probability dropout on both sides (default: --dropout). On CPU any "
+        "value > 0 sends our SDPA calls to the unfused math kernel",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=None,
+        help="our ITC queue length (default: the batch size, i.e. nearly queue-free like the reference)",
+    )
     p.add_argument("--alpha", type=float, default=0.4, help="momentum distillation weight")
     p.add_argument("--momentum", type=float, default=0.995)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -82,8 +118,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="after timing, profile one step of each side")
     p.add_argument("--profile-rows", type=int, default=25)
-    p.add_argument("--phases", action="store_true",
-                   help="after timing, print a per-phase breakdown (median of --repeats) of each side")
+    p.add_argument(
+        "--phases",
+        action="store_true",
+        help="after timing, print a per-phase breakdown (median of --repeats) of each side",
+    )
     args = p.parse_args(argv)
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
@@ -159,17 +198,26 @@ def build_ours(args) -> nn.Module:
     vision = VisionConfig(
         model_name="vit_base_patch16_224",
         image_size=args.image_size,
-        timm_kwargs=dict(
-            embed_dim=args.vision_width, depth=args.vision_depth, num_heads=args.vision_heads,
-            patch_size=args.patch_size, mlp_ratio=args.vision_ffn / args.vision_width,
-        ),
+        timm_kwargs={
+            "embed_dim": args.vision_width,
+            "depth": args.vision_depth,
+            "num_heads": args.vision_heads,
+            "patch_size": args.patch_size,
+            "mlp_ratio": args.vision_ffn / args.vision_width,
+        },
     )
     text = MEDConfig(
-        vocab_size=args.vocab_size, hidden_size=args.text_width, num_layers=args.text_layers,
-        num_heads=args.text_heads, intermediate_size=args.text_ffn,
-        dropout=args.dropout, attention_dropout=args.attention_dropout,
+        vocab_size=args.vocab_size,
+        hidden_size=args.text_width,
+        num_layers=args.text_layers,
+        num_heads=args.text_heads,
+        intermediate_size=args.text_ffn,
+        dropout=args.dropout,
+        attention_dropout=args.attention_dropout,
     )
-    model = BlipForPretraining(BlipConfig(vision=vision, text=text, embed_dim=args.embed_dim), queue_size=args.queue_size)
+    model = BlipForPretraining(
+        BlipConfig(vision=vision, text=text, embed_dim=args.embed_dim), queue_size=args.queue_size
+    )
     reinit_(model.blip)
     model.copy_to_momentum()
     return model.train()
@@ -193,16 +241,13 @@ def ours_params(model) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class Reference:
-    retrieval: nn.Module       # BlipForImageTextRetrieval: ViT, text encoder (SA + CA), projections, ITM head
-    captioning: nn.Module      # BlipForConditionalGeneration: its own ViT and the text decoder + LM head
-    momentum: nn.ModuleDict    # frozen deep copy of the retrieval model's ViT, text encoder, projections
-    temp: nn.Parameter         # learnable ITC temperature (the transformers classes have none)
+    retrieval: nn.Module  # BlipForImageTextRetrieval: ViT, text encoder (SA + CA), projections, ITM head
+    captioning: nn.Module  # BlipForConditionalGeneration: its own ViT and the text decoder + LM head
+    momentum: nn.ModuleDict  # frozen deep copy of the retrieval model's ViT, text encoder, projections
+    temp: nn.Parameter  # learnable ITC temperature (the transformers classes have none)
 
     def pairs(self) -> list[tuple[Tensor, Tensor]]:
-        online = dict(
-            vision_model=self.retrieval.vision_model, text_encoder=self.retrieval.text_encoder,
-            vision_proj=self.retrieval.vision_proj, text_proj=self.retrieval.text_proj,
-        )
+        online = {name: getattr(self.retrieval, name) for name in self.momentum}
         out = []
         for name, module_m in self.momentum.items():
             online_params = dict(online[name].named_parameters())
@@ -219,19 +264,32 @@ def transformers_configs(args):
     from transformers import BlipConfig, BlipTextConfig, BlipVisionConfig
 
     vision = BlipVisionConfig(
-        hidden_size=args.vision_width, intermediate_size=args.vision_ffn, num_hidden_layers=args.vision_depth,
-        num_attention_heads=args.vision_heads, image_size=args.image_size, patch_size=args.patch_size,
+        hidden_size=args.vision_width,
+        intermediate_size=args.vision_ffn,
+        num_hidden_layers=args.vision_depth,
+        num_attention_heads=args.vision_heads,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
     )
     text = BlipTextConfig(
-        vocab_size=args.vocab_size, hidden_size=args.text_width, intermediate_size=args.text_ffn,
-        num_hidden_layers=args.text_layers, num_attention_heads=args.text_heads,
-        encoder_hidden_size=args.vision_width, hidden_dropout_prob=args.dropout,
-        attention_probs_dropout_prob=args.attention_dropout, label_smoothing=0.1,
-        bos_token_id=DEC_ID, pad_token_id=PAD_ID, sep_token_id=SEP_ID,
+        vocab_size=args.vocab_size,
+        hidden_size=args.text_width,
+        intermediate_size=args.text_ffn,
+        num_hidden_layers=args.text_layers,
+        num_attention_heads=args.text_heads,
+        encoder_hidden_size=args.vision_width,
+        hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.attention_dropout,
+        label_smoothing=0.1,
+        bos_token_id=DEC_ID,
+        pad_token_id=PAD_ID,
+        sep_token_id=SEP_ID,
     )
     return BlipConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(),
-        image_text_hidden_size=args.embed_dim, label_smoothing=0.1,
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        image_text_hidden_size=args.embed_dim,
+        label_smoothing=0.1,
     )
 
 
@@ -256,20 +314,21 @@ def build_reference(args) -> tuple[Reference, str, str]:
         reinit_(model)
         model.train()
     # the LM head's decoder is tied to the word embeddings, as in ours
-    tied = captioning.text_decoder.cls.predictions.decoder.weight is captioning.text_decoder.get_input_embeddings().weight
-    momentum = nn.ModuleDict(
-        dict(
-            vision_model=copy.deepcopy(retrieval.vision_model), text_encoder=copy.deepcopy(retrieval.text_encoder),
-            vision_proj=copy.deepcopy(retrieval.vision_proj), text_proj=copy.deepcopy(retrieval.text_proj),
-        )
-    ).train()
+    tied = (
+        captioning.text_decoder.cls.predictions.decoder.weight
+        is captioning.text_decoder.get_input_embeddings().weight
+    )
+    names = ("vision_model", "text_encoder", "vision_proj", "text_proj")
+    momentum = nn.ModuleDict({name: copy.deepcopy(getattr(retrieval, name)) for name in names}).train()
     momentum.requires_grad_(False)
     attn = retrieval.config._attn_implementation or "eager"
     ref = Reference(retrieval, captioning, momentum, nn.Parameter(torch.tensor(0.07)))
     return ref, f"{attn} (LM head tied to word embeddings: {tied})", check_sdpa(config)
 
 
-def in_batch_itc(image_feat, text_feat, image_feat_m, text_feat_m, temp, alpha) -> tuple[Tensor, Tensor, Tensor]:
+def in_batch_itc(
+    image_feat, text_feat, image_feat_m, text_feat_m, temp, alpha
+) -> tuple[Tensor, Tensor, Tensor]:
     """Queue-free ITC with momentum distillation: keys are the batch's momentum features."""
     sim_i2t = image_feat @ text_feat_m.t() / temp
     sim_t2i = text_feat @ image_feat_m.t() / temp
@@ -296,7 +355,9 @@ def reference_step(ref: Reference, pixel_values, input_ids, attention_mask, args
     # ITC: the retrieval model's forward with use_itm_head=False runs its ViT and the unimodal text
     # encoder; the features are re-projected from the tokens it returns (its output is only the
     # online-online similarity, and ITC needs online-vs-momentum similarities).
-    out = retrieval(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, use_itm_head=False)
+    out = retrieval(
+        input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, use_itm_head=False
+    )
     image_embeds = out.last_hidden_state
     image_feat = F.normalize(retrieval.vision_proj(image_embeds[:, 0]), dim=-1)
     text_feat = F.normalize(retrieval.text_proj(out.question_embeds[:, 0]), dim=-1)
@@ -305,9 +366,13 @@ def reference_step(ref: Reference, pixel_values, input_ids, attention_mask, args
         m = ref.momentum
         image_embeds_m = m["vision_model"](pixel_values=pixel_values).last_hidden_state
         image_feat_m = F.normalize(m["vision_proj"](image_embeds_m[:, 0]), dim=-1)
-        text_hidden_m = m["text_encoder"](input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        text_hidden_m = m["text_encoder"](
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
         text_feat_m = F.normalize(m["text_proj"](text_hidden_m[:, 0]), dim=-1)
-    loss_itc, sim_i2t, sim_t2i = in_batch_itc(image_feat, text_feat, image_feat_m, text_feat_m, temp, args.alpha)
+    loss_itc, sim_i2t, sim_t2i = in_batch_itc(
+        image_feat, text_feat, image_feat_m, text_feat_m, temp, args.alpha
+    )
 
     # ITM on B positives + 2B hard negatives. use_itm_head=True would re-run the ViT on 3B images,
     # so the same code path (text_encoder with cross-attention + itm_head) is called on the image
@@ -320,7 +385,10 @@ def reference_step(ref: Reference, pixel_values, input_ids, attention_mask, args
     itm_mask = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]])
     image_atts = torch.ones(itm_image.shape[:-1], dtype=torch.long)
     hidden = retrieval.text_encoder(
-        input_ids=itm_ids, attention_mask=itm_mask, encoder_hidden_states=itm_image, encoder_attention_mask=image_atts
+        input_ids=itm_ids,
+        attention_mask=itm_mask,
+        encoder_hidden_states=itm_image,
+        encoder_attention_mask=image_atts,
     ).last_hidden_state
     itm_labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(2 * B, dtype=torch.long)])
     loss_itm = F.cross_entropy(retrieval.itm_head(hidden[:, 0]), itm_labels)
@@ -329,7 +397,9 @@ def reference_step(ref: Reference, pixel_values, input_ids, attention_mask, args
     dec_ids = input_ids.clone()
     dec_ids[:, 0] = DEC_ID
     labels = dec_ids.masked_fill(attention_mask == 0, -100)
-    loss_lm = ref.captioning(pixel_values=pixel_values, input_ids=dec_ids, attention_mask=attention_mask, labels=labels).loss
+    loss_lm = ref.captioning(
+        pixel_values=pixel_values, input_ids=dec_ids, attention_mask=attention_mask, labels=labels
+    ).loss
 
     loss = loss_itc + loss_itm + loss_lm
     loss.backward()
@@ -430,10 +500,14 @@ def ours_phases(model, pixel_values, input_ids, attention_mask, args) -> dict[st
     image_keys = torch.cat([image_feat_m, model.image_queue.t().clone()])
     text_keys = torch.cat([text_feat_m, model.text_queue.t().clone()])
     targets = itc_targets(B, image_keys.shape[0])
-    loss_itc = itc_loss(image_feat, text_feat, image_keys, text_keys, temp, targets, image_feat_m, text_feat_m, args.alpha)
+    loss_itc = itc_loss(
+        image_feat, text_feat, image_keys, text_keys, temp, targets, image_feat_m, text_feat_m, args.alpha
+    )
     with torch.no_grad():
         positive = torch.eye(B, dtype=torch.bool)
-        neg_text, neg_image = NegativeSampler()(image_feat @ text_feat_m.t() / temp, text_feat @ image_feat_m.t() / temp, positive)
+        neg_text, neg_image = NegativeSampler()(
+            image_feat @ text_feat_m.t() / temp, text_feat @ image_feat_m.t() / temp, positive
+        )
     clock.tick("ITC loss + negative sampling")
     image_kv = blip.image_kv(image_embeds)
     clock.tick("image cross-attention K/V (B rows)")
@@ -466,12 +540,18 @@ def reference_phases(ref: Reference, pixel_values, input_ids, attention_mask, ar
     clock.tick("unimodal text fwd (B)")
     with torch.no_grad():
         m = ref.momentum
-        image_feat_m = F.normalize(m["vision_proj"](m["vision_model"](pixel_values=pixel_values).last_hidden_state[:, 0]), dim=-1)
+        image_feat_m = F.normalize(
+            m["vision_proj"](m["vision_model"](pixel_values=pixel_values).last_hidden_state[:, 0]), dim=-1
+        )
         clock.tick("momentum ViT fwd")
-        text_hidden_m = m["text_encoder"](input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        text_hidden_m = m["text_encoder"](
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
         text_feat_m = F.normalize(m["text_proj"](text_hidden_m[:, 0]), dim=-1)
         clock.tick("momentum text fwd")
-    loss_itc, sim_i2t, sim_t2i = in_batch_itc(image_feat, text_feat, image_feat_m, text_feat_m, temp, args.alpha)
+    loss_itc, sim_i2t, sim_t2i = in_batch_itc(
+        image_feat, text_feat, image_feat_m, text_feat_m, temp, args.alpha
+    )
     with torch.no_grad():
         neg_text, neg_image = sample_negatives(sim_i2t), sample_negatives(sim_t2i)
     clock.tick("ITC loss + negative sampling")
@@ -480,7 +560,9 @@ def reference_phases(ref: Reference, pixel_values, input_ids, attention_mask, ar
     itm_ids[:, 0] = ENC_ID
     itm_mask = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]])
     hidden = retrieval.text_encoder(
-        input_ids=itm_ids, attention_mask=itm_mask, encoder_hidden_states=itm_image,
+        input_ids=itm_ids,
+        attention_mask=itm_mask,
+        encoder_hidden_states=itm_image,
         encoder_attention_mask=torch.ones(itm_image.shape[:-1], dtype=torch.long),
     ).last_hidden_state
     itm_labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(2 * B, dtype=torch.long)])
@@ -512,16 +594,21 @@ def print_phases(ours, ref, pixel_values, input_ids, attention_mask, args) -> No
             else:
                 ref.zero_grad()
                 runs[name].append(reference_phases(ref, pixel_values, input_ids, attention_mask, args))
-    print("\nper-phase seconds (medians; the reference's ViT row holds both of its online ViT forwards, its image "
-          "K/V projections run inside its ITM and decoder rows, for 3B and B rows):")
+    print(
+        "\nper-phase seconds (medians; the reference's ViT row holds both of its online ViT forwards, "
+        "its image K/V projections run inside its ITM and decoder rows, for 3B and B rows):"
+    )
     print(f"  {'phase':<42}{'ours':>8}{'reference':>11}{'ref - ours':>12}")
     totals = {"ours": 0.0, "reference": 0.0}
     for phase in runs["ours"][0]:
         row = {name: statistics.median(r.get(phase, 0.0) for r in rs) for name, rs in runs.items()}
         totals = {name: totals[name] + row[name] for name in row}
-        print(f"  {phase:<42}{row['ours']:>8.3f}{row['reference']:>11.3f}{row['reference'] - row['ours']:>12.3f}")
-    print(f"  {'sum of medians':<42}{totals['ours']:>8.3f}{totals['reference']:>11.3f}"
-          f"{totals['reference'] - totals['ours']:>12.3f}")
+        diff = row["reference"] - row["ours"]
+        print(f"  {phase:<42}{row['ours']:>8.3f}{row['reference']:>11.3f}{diff:>12.3f}")
+    print(
+        f"  {'sum of medians':<42}{totals['ours']:>8.3f}{totals['reference']:>11.3f}"
+        f"{totals['reference'] - totals['ours']:>12.3f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -536,33 +623,50 @@ def main(argv: list[str] | None = None) -> int:
     ref, ref_attn, sdpa_note = build_reference(args)
 
     tokens = (args.image_size // args.patch_size) ** 2 + 1
-    print("BLIP pretraining step: lightning_blip vs transformers (fp32, CPU)")
-    print(f"  torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}, "
-          f"threads {torch.get_num_threads()}, flush_denormal {flush}")
-    print(f"  preset {args.preset}: ViT width {args.vision_width} depth {args.vision_depth} heads {args.vision_heads} "
-          f"ffn {args.vision_ffn} patch {args.patch_size} @ {args.image_size}px ({tokens} tokens); "
-          f"text width {args.text_width} layers {args.text_layers} heads {args.text_heads} ffn {args.text_ffn} "
-          f"vocab {args.vocab_size}; ITC dim {args.embed_dim}")
     n_pad = int((attention_mask == 0).sum())
-    print(f"  batch {args.batch_size} pairs, text length {args.text_length} ({n_pad} of {attention_mask.numel()} "
-          f"positions padding), text dropout {args.dropout} (attention {args.attention_dropout}), alpha {args.alpha}, momentum {args.momentum}, "
-          f"our ITC queue {args.queue_size}; weights normal(0, 0.02) on both sides")
-    print(f"  transformers attention: {ref_attn}; {sdpa_note}")
-    print("  work per step, both: online ViT fwd+bwd, momentum ViT + text fwd (no grad), unimodal text (B), "
-          "ITM encoder (3B), decoder (B), backward, EMA")
-    print("    ours:       1 online ViT forward; image cross-attention K/V projected once for B images and "
-          "indexed for the 3B ITM rows and the B LM rows; SDPA attention; decoder shares all but SA with encoder")
-    print("    reference:  2 online ViT forwards (BlipForImageTextRetrieval and BlipForConditionalGeneration each "
-          "run their own ViT: a cost ours removes); K/V projected for 3B (ITM) + B (LM) rows; eager attention")
-
     o_online, o_mom = ours_params(ours)
     r_ret, r_cap, r_online, r_mom = reference_params(ref)
+    print("BLIP pretraining step: lightning_blip vs transformers (fp32, CPU)")
+    print(
+        f"  torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"python {platform.python_version()}, threads {torch.get_num_threads()}, flush_denormal {flush}"
+    )
+    print(
+        f"  preset {args.preset}: ViT width {args.vision_width} depth {args.vision_depth} "
+        f"heads {args.vision_heads} ffn {args.vision_ffn} patch {args.patch_size} @ {args.image_size}px "
+        f"({tokens} tokens); text width {args.text_width} layers {args.text_layers} heads {args.text_heads} "
+        f"ffn {args.text_ffn} vocab {args.vocab_size}; ITC dim {args.embed_dim}"
+    )
+    print(
+        f"  batch {args.batch_size} pairs, text length {args.text_length} ({n_pad} of "
+        f"{attention_mask.numel()} positions padding), text dropout {args.dropout} "
+        f"(attention {args.attention_dropout}), alpha {args.alpha}, momentum {args.momentum}, "
+        f"our ITC queue {args.queue_size}; weights normal(0, 0.02) on both sides"
+    )
+    print(f"  transformers attention: {ref_attn}; {sdpa_note}")
+    print(
+        "  work per step, both: online ViT fwd+bwd, momentum ViT + text fwd (no grad), unimodal text (B), "
+        "ITM encoder (3B), decoder (B), backward, EMA"
+    )
+    print(
+        "    ours:       1 online ViT forward; image cross-attention K/V projected once for B images and "
+        "indexed for the 3B ITM rows and the B LM rows; SDPA attention"
+    )
+    print(
+        "    reference:  2 online ViT forwards (BlipForImageTextRetrieval and BlipForConditionalGeneration "
+        "each run their own ViT: a cost ours removes); K/V projected for 3B (ITM) + B (LM) rows; "
+        "eager attention"
+    )
     print(f"  parameters ours:      online {fmt_m(o_online)} + momentum {fmt_m(o_mom)}")
-    print(f"  parameters reference: online {fmt_m(r_online)} (retrieval {fmt_m(r_ret)} + captioning {fmt_m(r_cap)} "
-          f"+ temp) + momentum {fmt_m(r_mom)}")
-    print("    (ours shares everything but self-attention between encoder and decoder, as BLIP pretrains; "
-          "the two transformers models hold separate ViTs, embeddings, FFNs and cross-attentions, and the "
-          "momentum copy of its text encoder also carries the unused cross-attention)")
+    print(
+        f"  parameters reference: online {fmt_m(r_online)} (retrieval {fmt_m(r_ret)} + captioning "
+        f"{fmt_m(r_cap)} + temp) + momentum {fmt_m(r_mom)}"
+    )
+    print(
+        "    (ours shares everything but self-attention between encoder and decoder, as BLIP pretrains; the "
+        "two transformers models hold separate ViTs, embeddings, FFNs and cross-attentions, and the momentum "
+        "copy of its text encoder also carries the unused cross-attention)"
+    )
 
     steps = {
         "ours": lambda: ours_step(ours, pixel_values, input_ids, attention_mask, args),
@@ -579,11 +683,14 @@ def main(argv: list[str] | None = None) -> int:
         zero[name]()
     print(f"  first-step total loss: ours {losses['ours']:.3f}, reference {losses['reference']:.3f}")
     flops = {}
-    for name in steps:
+    for name, step in steps.items():
         zero[name]()
-        flops[name] = count_flops(steps[name])
-    print(f"  FLOPs per step (matmul, conv, attention; torch FlopCounterMode): ours {flops['ours'] / 1e9:.1f} G, "
-          f"reference {flops['reference'] / 1e9:.1f} G ({flops['reference'] / flops['ours']:.2f}x)")
+        flops[name] = count_flops(step)
+    flop_ratio = flops["reference"] / flops["ours"]
+    print(
+        "  FLOPs per step (matmul, conv, attention; torch FlopCounterMode): "
+        f"ours {flops['ours'] / 1e9:.1f} G, reference {flops['reference'] / 1e9:.1f} G ({flop_ratio:.2f}x)"
+    )
     for _ in range(args.warmup):
         for name in steps:
             run(name)
@@ -597,25 +704,35 @@ def main(argv: list[str] | None = None) -> int:
     med = {}
     for name, ts in times.items():
         med[name] = statistics.median(ts)
-        print(f"  {name:<10} median {med[name]:.3f}  min {min(ts):.3f}  max {max(ts):.3f}  "
-              f"({args.batch_size / med[name]:.1f} pairs/s, {flops[name] / med[name] / 1e9:.0f} GFLOP/s)")
+        print(
+            f"  {name:<10} median {med[name]:.3f}  min {min(ts):.3f}  max {max(ts):.3f}  "
+            f"({args.batch_size / med[name]:.1f} pairs/s)"
+        )
     ratio = med["reference"] / med["ours"]
-    print(f"  ratio reference / ours (medians): {ratio:.2f}x "
-          f"(ratio of minimums {min(times['reference']) / min(times['ours']):.2f}x, of maximums "
-          f"{max(times['reference']) / max(times['ours']):.2f}x)")
+    print(
+        f"  ratio reference / ours (medians): {ratio:.2f}x "
+        f"(ratio of minimums {min(times['reference']) / min(times['ours']):.2f}x, of maximums "
+        f"{max(times['reference']) / max(times['ours']):.2f}x)"
+    )
 
     noisy = [name for name, ts in times.items() if max(ts) > 1.5 * min(ts)]
     if noisy:
-        print(f"  warning: {', '.join(noisy)} varied by more than 1.5x between repeats: the machine was busy; "
-              "rerun or raise --repeats")
-    print(f"  the reference executes {flops['reference'] / flops['ours']:.2f}x our FLOPs (its second online ViT "
-          "forward+backward and its 4B-row image K/V projections); the rest of the speed ratio is per-FLOP speed")
+        print(
+            f"  warning: {', '.join(noisy)} varied by more than 1.5x between repeats: the machine was busy; "
+            "rerun or raise --repeats"
+        )
+    rate = {name: flops[name] / med[name] / 1e9 for name in med}
+    print(
+        f"  the reference executes {flop_ratio:.2f}x our FLOPs (its second online "
+        "ViT forward+backward, its 4B-row image K/V projections); the time ratio differs from that by the "
+        f"per-FLOP speed: ours {rate['ours']:.0f} GFLOP/s, reference {rate['reference']:.0f} GFLOP/s"
+    )
     if args.phases:
         print_phases(ours, ref, pixel_values, input_ids, attention_mask, args)
     if args.profile:
-        for name in steps:
+        for name, step in steps.items():
             zero[name]()
-            profile(name, steps[name], args.profile_rows)
+            profile(name, step, args.profile_rows)
     return 0
 
 
