@@ -16,7 +16,9 @@ def test_quickstart_runs_and_reports(tmp_path, capsys):
          "--trainer.max_steps=3", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=1",
          "--data.init_args.num_workers=0"]
     )  # fmt: skip
-    assert (tmp_path / "data" / "train.json").is_file() and (tmp_path / "loss_curve.png").stat().st_size > 1000
+    assert (tmp_path / "data" / "train.json").is_file() and (
+        tmp_path / "loss_curve.png"
+    ).stat().st_size > 1000
     for when in ("before", "after"):
         assert set(result[when]) == {"i2t_r1", "t2i_r1", "chance"}
     assert 0.02 < result["before"]["chance"] < 0.1  # 24 (size x colour x shape) captions, unevenly used

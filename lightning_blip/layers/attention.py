@@ -70,9 +70,16 @@ class MultiHeadAttention(nn.Module):
         k, v = kv
         if q.dtype != k.dtype:  # cached keys from another precision (autocast on/off)
             k, v = k.to(q.dtype), v.to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        dropout = self.dropout if self.training else 0.0
+        if dropout > 0 and q.device.type == "cpu":
+            # SDPA has no fused CPU kernel with dropout and its fallback is slower than this form
+            scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            probs = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype), dropout)
+            out = probs @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         return out.transpose(1, 2).flatten(2), kv
 
 

@@ -19,16 +19,25 @@ def lm_labels(input_ids: Tensor, attention_mask: Tensor, prompt_length: int = 0)
     return labels
 
 
+def scored_positions(labels: Tensor) -> Tensor:
+    """``(B, L - 1)`` mask of the positions whose next token is scored (labels shifted by one)."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
+def token_cross_entropy(
+    logits: Tensor, targets: Tensor, label_smoothing: float = 0.1, reduction: str = "mean"
+) -> Tensor:
+    """Cross entropy of ``(T, V)`` logits against ``(T,)`` targets, in fp32, with label smoothing."""
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing, reduction=reduction)
+
+
 def lm_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.1, reduction: str = "mean") -> Tensor:
     """Next-token cross entropy: logits ``(B, L, V)`` at t predict ``labels`` ``(B, L)`` at t + 1.
 
     Tokens labelled -100 are ignored (also in the smoothing). ``reduction="sum"`` gives the sum
-    over scored tokens, to normalise by a count gathered over ranks.
+    over scored tokens, to normalise by a count gathered over ranks. To skip the LM head on
+    unscored positions, project only ``hidden[:, :-1][scored_positions(labels)]`` and call
+    :func:`token_cross_entropy` with ``labels[:, 1:][scored_positions(labels)]``.
     """
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        labels[:, 1:].flatten(),
-        ignore_index=IGNORE_INDEX,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-    )
+    scored = scored_positions(labels)
+    return token_cross_entropy(logits[:, :-1][scored], labels[:, 1:][scored], label_smoothing, reduction)

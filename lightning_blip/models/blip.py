@@ -170,11 +170,18 @@ class BlipModel(nn.Module):
 
         The first token is replaced by [DEC] (BLIP's bos).
         """
+        return self.lm_head(self.decoder_states(input_ids, attention_mask, image_embeds, image_kv))
+
+    def decoder_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        image_embeds: Tensor | None = None,
+        image_kv: list[KeyValue] | None = None,
+    ) -> Tensor:
+        """Decoder hidden states ``(B, L, D)`` with [DEC] first (before the LM head)."""
         cfg = self.config
-        hidden = self._grounded(
-            input_ids, attention_mask, cfg.bos_token_id, "decoder", image_embeds, image_kv
-        )
-        return self.lm_head(hidden)
+        return self._grounded(input_ids, attention_mask, cfg.bos_token_id, "decoder", image_embeds, image_kv)
 
     def decode_step(
         self, input_ids: Tensor, attention_mask: Tensor, cache: list[LayerCache]

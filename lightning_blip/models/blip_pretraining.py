@@ -20,7 +20,7 @@ from lightning_blip.losses.gather import (
 )
 from lightning_blip.losses.itc import itc_loss, itc_targets
 from lightning_blip.losses.itm import NegativeSampler, itm_loss
-from lightning_blip.losses.lm import lm_labels, lm_loss
+from lightning_blip.losses.lm import lm_labels, scored_positions, token_cross_entropy
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.med import MEDTextModel
 from lightning_blip.models.vision import VisionEncoder
@@ -253,10 +253,14 @@ class BlipForPretraining(nn.Module):
         loss_itm = itm_loss(blip.itm_logits(itm_ids, itm_mask, image_kv=itm_kv), num_positives=B)
 
         # LM, normalised by the number of scored tokens over all ranks so W ranks equal one rank
+        # the LM head (vocabulary-wide) runs on scored positions only, not on padding
         labels = lm_labels(input_ids, attention_mask)
-        logits = blip.lm_logits(input_ids, attention_mask, image_kv=image_kv)
-        num_tokens = all_reduce_sum((labels[:, 1:] != -100).sum())
-        loss_lm = lm_loss(logits, labels, reduction="sum") * world / num_tokens.clamp(min=1)
+        scored = scored_positions(labels)
+        hidden = blip.decoder_states(input_ids, attention_mask, image_kv=image_kv)
+        logits = blip.lm_head(hidden[:, :-1][scored])
+        num_tokens = all_reduce_sum(scored.sum())
+        loss_lm = token_cross_entropy(logits, labels[:, 1:][scored], reduction="sum")
+        loss_lm = loss_lm * world / num_tokens.clamp(min=1)
         return PretrainingOutput(
             loss_itc, loss_itm, loss_lm, temp.detach().squeeze(), neg_text_idx, neg_image_idx
         )
