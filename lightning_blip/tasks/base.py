@@ -43,6 +43,7 @@ class BlipTask(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.base_seed: int | None = None
+        self.skipped_samples = 0
 
     def trainable_module(self) -> nn.Module:
         """The module whose parameters are optimised (subclasses return their model)."""
@@ -77,7 +78,7 @@ class BlipTask(L.LightningModule):
     def log_skipped(self, batch: dict) -> None:
         """Log how many corrupt samples the data pipeline has skipped so far (summed over ranks)."""
         if "num_skipped" in batch:
-            self.skipped_samples = getattr(self, "skipped_samples", 0) + int(batch["num_skipped"])
+            self.skipped_samples += int(batch["num_skipped"])
             self.log(
                 "data/skipped_samples",
                 float(self.skipped_samples),
