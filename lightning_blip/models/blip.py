@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_blip.layers.heads import LMHead
 from lightning_blip.layers.attention import KeyValue
 from lightning_blip.models.med import LayerCache, MEDConfig, MEDTextModel
 from lightning_blip.models.vision import VisionConfig, VisionEncoder
@@ -46,22 +47,6 @@ class BlipConfig:
         return cls(vision=vision, text=text, **values)
 
 
-class LMHead(nn.Module):
-    """BERT's prediction head: dense, GELU, LayerNorm, then a decoder tied to the word embeddings."""
-
-    def __init__(self, config: MEDConfig, word_embeddings: nn.Embedding) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
-        self.decoder.weight = word_embeddings.weight
-        nn.init.zeros_(self.decoder.bias)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        """``(B, L, D)`` -> logits ``(B, L, V)``."""
-        return self.decoder(self.norm(F.gelu(self.dense(hidden))))
-
-
 class BlipModel(nn.Module):
     """BLIP MED: one set of weights for the unimodal encoders, the image-grounded encoder and decoder.
 
@@ -79,7 +64,7 @@ class BlipModel(nn.Module):
         self.vision_proj = nn.Linear(self.visual_encoder.width, E)
         self.text_proj = nn.Linear(D, E)
         self.itm_head = nn.Linear(D, 2)
-        self.lm_head = LMHead(config.text, self.text.embeddings.word_embeddings)
+        self.lm_head = LMHead(self.text.embeddings.word_embeddings, config.text.layer_norm_eps)
         # shape (1,), not a scalar: FSDP2 cannot shard 0-d parameters
         self.temp = nn.Parameter(torch.full((1,), config.temperature))
         for module in (self.vision_proj, self.text_proj, self.itm_head, self.lm_head.dense):
@@ -118,7 +103,7 @@ class BlipModel(nn.Module):
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
         """Token ids ``(B, L)`` ([CLS] first) -> ITC features ``(B, E)``."""
-        hidden = self.text(input_ids, attention_mask, mode="text").last_hidden_state
+        hidden = self.text(input_ids, attention_mask, mode="text", first_token_only=True).last_hidden_state
         return self.text_features(hidden, normalize)
 
     # image-grounded passes --------------------------------------------------------------------
@@ -134,12 +119,21 @@ class BlipModel(nn.Module):
         mode: str,
         image_embeds: Tensor | None,
         image_kv: list[KeyValue] | None,
+        first_token_only: bool = False,
     ) -> Tensor:
-        """Image-grounded pass with the first token replaced by [ENC] or [DEC] -> ``(B, L, D)``."""
+        """Image-grounded pass with the first token replaced by [ENC] or [DEC] -> ``(B, L, D)``.
+
+        ``first_token_only``: ``(B, 1, D)``, see :meth:`MEDTextModel.forward`.
+        """
         input_ids = input_ids.clone()
         input_ids[:, 0] = first_token
         return self.text(
-            input_ids, attention_mask, mode=mode, image_embeds=image_embeds, image_kv=image_kv
+            input_ids,
+            attention_mask,
+            mode=mode,
+            image_embeds=image_embeds,
+            image_kv=image_kv,
+            first_token_only=first_token_only,
         ).last_hidden_state
 
     def itm_logits(
@@ -155,7 +149,7 @@ class BlipModel(nn.Module):
         """
         cfg = self.config
         hidden = self._grounded(
-            input_ids, attention_mask, cfg.enc_token_id, "multimodal", image_embeds, image_kv
+            input_ids, attention_mask, cfg.enc_token_id, "multimodal", image_embeds, image_kv, True
         )
         return self.itm_head(hidden[:, 0])
 

@@ -130,12 +130,20 @@ class MEDLayer(nn.Module):
         decoder: bool,
         image_kv: KeyValue | None,
         past_self_kv: KeyValue | None = None,
+        first_token_only: bool = False,
     ) -> tuple[Tensor, KeyValue]:
-        """``(B, L, D)`` -> ``(B, L, D)`` and this layer's self-attention keys/values."""
+        """``(B, L, D)`` -> ``(B, L, D)`` and this layer's self-attention keys/values.
+
+        ``first_token_only``: only position 0 is computed (its self-attention still reads every
+        position), giving ``(B, 1, D)``.
+        """
         if decoder and self.decoder_self_attn is None:
             raise ValueError("decoder mode needs MEDConfig(decoder=True)")
         self_attn = self.decoder_self_attn if decoder else self.self_attn
-        x, self_kv = self_attn(x, past_kv=past_self_kv, attn_mask=self_mask)
+        if first_token_only:
+            x, self_kv = self_attn(x[:, :1], context=x, attn_mask=self_mask)
+        else:
+            x, self_kv = self_attn(x, past_kv=past_self_kv, attn_mask=self_mask)
         if image_kv is not None:
             x, _ = self.cross_attn(x, kv=image_kv)
         return self.ffn(x), self_kv
@@ -183,6 +191,7 @@ class MEDTextModel(nn.Module):
         image_kv: list[KeyValue] | None = None,
         cache: list[LayerCache] | None = None,
         use_cache: bool = False,
+        first_token_only: bool = False,
     ) -> MEDOutput:
         """Run the text transformer.
 
@@ -194,7 +203,12 @@ class MEDTextModel(nn.Module):
             image_kv: their precomputed per-layer keys/values from :meth:`image_kv`.
             cache: per-layer cache from an earlier decoder call.
             use_cache: return the cache (decoder mode).
+            first_token_only: the last layer computes position 0 only, so ``last_hidden_state`` is
+                ``(B, 1, D)``: for ITC and ITM, which read only the [CLS] / [ENC] state. Equal to
+                the full pass's first position and saves the last layer's work on the others.
         """
+        if first_token_only and (mode == "decoder" or cache is not None or use_cache):
+            raise ValueError("first_token_only is for the encoder modes, without a cache")
         if cache is not None:
             image_kv = [c.image_kv for c in cache]
         if mode != "text" and image_kv is None:
@@ -209,13 +223,15 @@ class MEDTextModel(nn.Module):
         else:
             mask = padding_mask(attention_mask)
         new_cache: list[LayerCache] = []
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             layer_image_kv = image_kv[i] if mode != "text" else None
             past_kv = cache[i].self_kv if cache is not None else None
+            args = (x, mask, decoder, layer_image_kv, past_kv, first_token_only and i == last)
             if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x, self_kv = checkpoint(layer, x, mask, decoder, layer_image_kv, past_kv, use_reentrant=False)
+                x, self_kv = checkpoint(layer, *args, use_reentrant=False)
             else:
-                x, self_kv = layer(x, mask, decoder, layer_image_kv, past_kv)
+                x, self_kv = layer(*args)
             if use_cache:
                 new_cache.append(LayerCache(self_kv, layer_image_kv))
         return MEDOutput(x, new_cache if use_cache else None)

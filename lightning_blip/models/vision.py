@@ -19,7 +19,8 @@ class VisionConfig:
     """Which timm ViT to build and how.
 
     Attributes:
-        model_name: timm model name, e.g. ``vit_base_patch16_224`` or ``vit_large_patch16_224``.
+        model_name: timm model name, e.g. ``vit_base_patch16_224``, ``vit_large_patch16_224``,
+            ``eva_giant_patch14_224`` (EVA-CLIP ViT-g/14) or ``vit_large_patch14_clip_224``.
         image_size: input resolution; position embeddings are interpolated to it.
         drop_path: stochastic depth rate.
         grad_checkpointing_layers: recompute the last k blocks in backward (0 = off).
@@ -91,14 +92,17 @@ class VisionEncoder(nn.Module):
     def forward(self, pixel_values: Tensor) -> Tensor:
         """``(B, 3, H, W)`` -> ``(B, 1 + N, D)``."""
         vit = self.vit
-        x = vit.patch_embed(pixel_values)
-        x = vit._pos_embed(x)
-        x = vit.patch_drop(x)
+        x = vit._pos_embed(vit.patch_embed(pixel_values))
+        block_kwargs = {}
+        if isinstance(x, tuple):  # EVA-style ViTs also return their rotary embedding (None for EVA-01)
+            x, block_kwargs["rope"] = x
+        if vit.patch_drop is not None:
+            x = vit.patch_drop(x)
         x = vit.norm_pre(x)
         first_checkpointed = len(vit.blocks) - self.config.grad_checkpointing_layers
         for i, block in enumerate(vit.blocks):
             if i >= first_checkpointed and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, use_reentrant=False, **block_kwargs)
             else:
-                x = block(x)
+                x = block(x, **block_kwargs)
         return vit.norm(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import text_batch, tiny_text
 
@@ -114,3 +115,16 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(ids, mask, "multimodal", image_embeds=image).last_hidden_state.pow(2).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_first_token_only_equals_the_full_pass_at_position_zero():
+    model = _model()
+    ids, mask = text_batch()
+    image = torch.randn(4, 5, 48)
+    for mode in ("text", "multimodal"):
+        full = model(ids, mask, mode, image_embeds=image).last_hidden_state
+        first = model(ids, mask, mode, image_embeds=image, first_token_only=True).last_hidden_state
+        assert first.shape == (ids.shape[0], 1, full.shape[-1])
+        torch.testing.assert_close(first[:, 0], full[:, 0])
+    with pytest.raises(ValueError, match="first_token_only"):
+        model(ids, mask, "decoder", image_embeds=image, first_token_only=True)
