@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from lightning_blip.models.blip import BlipConfig
+from lightning_blip.models.blip2 import Blip2Config
 from lightning_blip.models.med import MEDConfig
+from lightning_blip.models.qformer import QFormerConfig
 from lightning_blip.models.vision import VisionConfig
 
 
-def tiny_vision(image_size: int = 32, **kw) -> VisionConfig:
+def tiny_vision(image_size: int = 32, timm_kwargs_extra: dict | None = None, **kw) -> VisionConfig:
     """A 2-block ViT with 8-px patches."""
-    timm_kwargs = {"embed_dim": 48, "depth": 2, "num_heads": 4, "patch_size": 8}
+    timm_kwargs = {"embed_dim": 48, "depth": 2, "num_heads": 4, "patch_size": 8, **(timm_kwargs_extra or {})}
     return VisionConfig("vit_tiny_patch16_224", image_size=image_size, timm_kwargs=timm_kwargs, **kw)
 
 
@@ -27,6 +29,28 @@ def tiny_blip(dropout: float = 0.0, **kw) -> BlipConfig:
     return BlipConfig(
         vision=tiny_vision(), text=tiny_text(dropout=dropout, attention_dropout=dropout), embed_dim=32, **kw
     )
+
+
+def tiny_qformer(**kw) -> QFormerConfig:
+    """A 4-layer Q-Former, 64 wide, 8 queries, cross-attention every 2nd layer, no dropout."""
+    base = {
+        "hidden_size": 64,
+        "num_layers": 4,
+        "num_heads": 4,
+        "intermediate_size": 128,
+        "encoder_width": 48,
+        "num_query_tokens": 8,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+    }
+    base.update(kw)
+    return QFormerConfig(**base)
+
+
+def tiny_blip2(**qformer_kw) -> Blip2Config:
+    """Tiny frozen ViT (its last block removed, no final norm) + tiny Q-Former."""
+    vision = tiny_vision(timm_kwargs_extra={"depth": 3}, num_removed_blocks=1, final_norm=False)
+    return Blip2Config(vision=vision, qformer=tiny_qformer(**qformer_kw), embed_dim=32)
 
 
 @pytest.fixture

@@ -10,6 +10,19 @@ KeyValue = tuple[Tensor, Tensor]
 """Keys and values of one attention layer, each ``(B, H, S, Dh)``."""
 
 
+def index_kv(layers: list[KeyValue | None], index: Tensor) -> list[KeyValue | None]:
+    """Select batch rows ``index`` of every layer's keys/values (None entries stay None)."""
+    return [None if kv is None else (kv[0][index], kv[1][index]) for kv in layers]
+
+
+def concat_kv(parts: list[list[KeyValue | None]]) -> list[KeyValue | None]:
+    """Concatenate per-layer keys/values of several batches along the batch dimension."""
+    return [
+        None if layer[0] is None else (torch.cat([kv[0] for kv in layer]), torch.cat([kv[1] for kv in layer]))
+        for layer in zip(*parts)
+    ]
+
+
 class KeyValueProjection(nn.Module):
     """The key and value projections of an attention layer, ``(B, S, kv_dim)`` -> ``(B, H, S, Dh)`` each.
 

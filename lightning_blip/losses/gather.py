@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
 
@@ -28,6 +27,29 @@ def all_gather_no_grad(x: Tensor) -> Tensor:
     return torch.cat(out)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient of each rank's rows.
+
+    The backward is an all-reduce of the (contiguous) full gradient and a slice: it works on every
+    backend (gloo has no reduce-scatter), and, unlike ``torch.distributed.nn.all_gather`` on gloo,
+    is correct when autograd hands it a non-contiguous gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        rank, world = rank_and_world()
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        out = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def all_gather_with_grad(x: Tensor) -> Tensor:
     """Like :func:`all_gather_no_grad` but gradients flow back to every rank's ``x``.
 
@@ -37,7 +59,7 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     _, world = rank_and_world()
     if world == 1:
         return x
-    return torch.cat(dist_fn.all_gather(x.contiguous()))
+    return _GatherWithGrad.apply(x)
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Image-text contrastive loss with momentum distillation (ALBEF / BLIP)."""
+"""Image-text contrastive losses: BLIP's (momentum distillation, queues) and BLIP-2's (query max)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,58 @@ def itc_targets(
     return positives / positives.sum(dim=1, keepdim=True)
 
 
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over rows of ``-sum(targets * log_softmax(logits))``, computed in fp32."""
+def soft_cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean over rows of ``-sum(targets * log_softmax(logits))``, computed in fp32.
+
+    ``label_smoothing`` mixes the targets with the uniform distribution, as
+    ``F.cross_entropy(label_smoothing=...)`` does.
+    """
+    if label_smoothing:
+        targets = (1 - label_smoothing) * targets + label_smoothing / targets.shape[1]
     return -(F.log_softmax(logits.float(), dim=1) * targets).sum(dim=1).mean()
+
+
+def contrastive_loss(
+    sim_i2t: Tensor, sim_t2i: Tensor, targets: Tensor, label_smoothing: float = 0.0
+) -> Tensor:
+    """Mean of the image-to-text and text-to-image soft cross entropies of ``(B, K)`` logits."""
+    targets = targets.to(sim_i2t.device)
+    return (
+        soft_cross_entropy(sim_i2t, targets, label_smoothing)
+        + soft_cross_entropy(sim_t2i, targets, label_smoothing)
+    ) / 2
+
+
+def max_query_similarity(query_feats: Tensor, text_feats: Tensor) -> Tensor:
+    """BLIP-2's image-text similarity: the best of the image's queries.
+
+    ``query_feats`` ``(I, Q, E)`` and ``text_feats`` ``(T, E)`` -> ``(I, T)``.
+    """
+    return torch.einsum("iqe,te->itq", query_feats, text_feats).amax(dim=-1)
+
+
+def blip2_itc_loss(
+    image_feats: Tensor,
+    text_feat: Tensor,
+    image_keys: Tensor,
+    text_keys: Tensor,
+    temp: Tensor | float,
+    targets: Tensor,
+    label_smoothing: float = 0.1,
+) -> Tensor:
+    """BLIP-2's ITC: similarity = max over queries, in-batch (all-rank) keys, label smoothing 0.1.
+
+    Args:
+        image_feats: this rank's query features ``(B, Q, E)``, L2-normalised.
+        text_feat: this rank's text features ``(B, E)``, L2-normalised.
+        image_keys: ``(K, Q, E)`` query features of every rank's batch.
+        text_keys: ``(K, E)`` text features of every rank's batch, in the same order.
+        temp: temperature.
+        targets: ``(B, K)`` from :func:`itc_targets`.
+    """
+    sim_i2t = max_query_similarity(image_feats, text_keys) / temp
+    sim_t2i = max_query_similarity(image_keys, text_feat).t() / temp
+    return contrastive_loss(sim_i2t, sim_t2i, targets, label_smoothing)
 
 
 def itc_loss(

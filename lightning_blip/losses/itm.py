@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from lightning_blip.layers.attention import KeyValue, concat_kv, index_kv
+from lightning_blip.losses.gather import all_gather_padded, all_gather_with_grad, pad_to
 
 
 def hard_negative_weights(sim: Tensor, positive_mask: Tensor, epsilon: float = 1e-4) -> Tensor:
@@ -83,3 +87,34 @@ class NegativeSampler:
             neg_text = select_negatives(hard_negative_weights(sim_i2t, positive_mask, self.epsilon), hardest)
             neg_image = select_negatives(hard_negative_weights(sim_t2i, positive_mask, self.epsilon), hardest)
         return neg_text, neg_image
+
+
+def itm_inputs(
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    image_embeds: Tensor,
+    image_kv: list[KeyValue | None],
+    neg_text_idx: Tensor,
+    neg_image_idx: Tensor,
+    pool: Literal["local", "global"],
+    image_kv_fn: Callable[[Tensor], list[KeyValue | None]],
+    pad_token_id: int = 0,
+) -> tuple[Tensor, Tensor, list[KeyValue | None]]:
+    """The 3B rows of the ITM pass: positives, (text i, negative image), (negative text, image i).
+
+    The image's cross-attention keys/values are computed once (``image_kv``, B rows) and indexed;
+    with a global pool the negative images' features are gathered with gradient and projected
+    (``image_kv_fn``), and the negative texts come from every rank's batch.
+
+    Returns ids ``(3B, L)``, mask ``(3B, L)`` and per-layer keys/values with 3B rows.
+    """
+    if pool == "global":
+        neg_image_kv = image_kv_fn(all_gather_with_grad(image_embeds)[neg_image_idx])
+        pool_ids, pool_mask = all_gather_padded(input_ids, attention_mask, pad_token_id)
+    else:
+        neg_image_kv = index_kv(image_kv, neg_image_idx)
+        pool_ids, pool_mask = input_ids, attention_mask
+    length = pool_ids.shape[1]
+    ids = torch.cat([pad_to(input_ids, length, pad_token_id)] * 2 + [pool_ids[neg_text_idx]])
+    mask = torch.cat([pad_to(attention_mask, length, 0)] * 2 + [pool_mask[neg_text_idx]])
+    return ids, mask, concat_kv([image_kv, neg_image_kv, image_kv])

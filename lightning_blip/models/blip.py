@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_blip.layers.heads import LMHead
 from lightning_blip.layers.attention import KeyValue
+from lightning_blip.layers.heads import LMHead
 from lightning_blip.models.med import LayerCache, MEDConfig, MEDTextModel
 from lightning_blip.models.vision import VisionConfig, VisionEncoder
 

@@ -9,17 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_blip.layers.attention import KeyValue
 from lightning_blip.losses.gather import (
     all_gather_no_grad,
-    all_gather_padded,
-    all_gather_with_grad,
     all_reduce_sum,
-    pad_to,
     rank_and_world,
 )
 from lightning_blip.losses.itc import itc_loss, itc_targets
-from lightning_blip.losses.itm import NegativeSampler, itm_loss
+from lightning_blip.losses.itm import NegativeSampler, itm_inputs, itm_loss
 from lightning_blip.losses.lm import lm_labels, scored_positions, token_cross_entropy
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.med import MEDTextModel
@@ -238,18 +234,17 @@ class BlipForPretraining(nn.Module):
         self._enqueue(image_m_all, text_m_all, ids_all if ids is not None else torch.full_like(ids_all, -100))
 
         image_kv = blip.image_kv(image_embeds)
-        if sampler.pool == "global":
-            neg_image_kv = blip.image_kv(all_gather_with_grad(image_embeds)[neg_image_idx])
-            pool_input_ids, pool_mask = all_gather_padded(input_ids, attention_mask, blip.config.pad_token_id)
-        else:
-            neg_image_kv = [(k[neg_image_idx], v[neg_image_idx]) for k, v in image_kv]
-            pool_input_ids, pool_mask = input_ids, attention_mask
-        length = pool_input_ids.shape[1]
-        itm_ids = torch.cat(
-            [pad_to(input_ids, length, blip.config.pad_token_id)] * 2 + [pool_input_ids[neg_text_idx]]
+        itm_ids, itm_mask, itm_kv = itm_inputs(
+            input_ids,
+            attention_mask,
+            image_embeds,
+            image_kv,
+            neg_text_idx,
+            neg_image_idx,
+            sampler.pool,
+            blip.image_kv,
+            blip.config.pad_token_id,
         )
-        itm_mask = torch.cat([pad_to(attention_mask, length, 0)] * 2 + [pool_mask[neg_text_idx]])
-        itm_kv = concat_kv([image_kv, neg_image_kv, image_kv])
         loss_itm = itm_loss(blip.itm_logits(itm_ids, itm_mask, image_kv=itm_kv), num_positives=B)
 
         # LM, normalised by the number of scored tokens over all ranks so W ranks equal one rank
@@ -265,10 +260,3 @@ class BlipForPretraining(nn.Module):
             loss_itc, loss_itm, loss_lm, temp.detach().squeeze(), neg_text_idx, neg_image_idx
         )
 
-
-def concat_kv(parts: list[list[KeyValue]]) -> list[KeyValue]:
-    """Concatenate per-layer keys/values along the batch dimension."""
-    return [
-        (torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts]))
-        for i in range(len(parts[0]))
-    ]

@@ -137,10 +137,14 @@ class QFormerLayer(nn.Module):
             "eps": config.layer_norm_eps,
         }
         self.self_attn = AttentionSublayer(D, H, **kw)
-        self.cross_attn = AttentionSublayer(D, H, kv_dim=config.encoder_width, **kw) if cross_attention else None
+        self.cross_attn = (
+            AttentionSublayer(D, H, kv_dim=config.encoder_width, **kw) if cross_attention else None
+        )
         self.ffn_query = FeedForward(D, config.intermediate_size, config.dropout, config.layer_norm_eps)
         self.ffn = (
-            FeedForward(D, config.intermediate_size, config.dropout, config.layer_norm_eps) if config.text else None
+            FeedForward(D, config.intermediate_size, config.dropout, config.layer_norm_eps)
+            if config.text
+            else None
         )
 
     def forward(
@@ -211,7 +215,10 @@ class QFormer(nn.Module):
 
         Compute once per image; index the batch dimension to pair images with other texts.
         """
-        return [None if layer.cross_attn is None else layer.cross_attn.attention.kv(image_embeds) for layer in self.layers]
+        return [
+            None if layer.cross_attn is None else layer.cross_attn.attention.kv(image_embeds)
+            for layer in self.layers
+        ]
 
     def forward(
         self,

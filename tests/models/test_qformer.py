@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import text_batch
+from conftest import text_batch, tiny_qformer
 
-from lightning_blip.models.qformer import QFormer, QFormerConfig, multimodal_causal_mask
-
-
-def tiny_qformer(**kw) -> QFormerConfig:
-    base = {
-        "hidden_size": 64,
-        "num_layers": 4,
-        "num_heads": 4,
-        "intermediate_size": 128,
-        "encoder_width": 48,
-        "num_query_tokens": 8,
-        "dropout": 0.0,
-        "attention_dropout": 0.0,
-    }
-    base.update(kw)
-    return QFormerConfig(**base)
+from lightning_blip.models.qformer import QFormer, multimodal_causal_mask
 
 
 def _model(**kw) -> QFormer:

@@ -1,0 +1,223 @@
+"""BLIP-2 stage-1 model: a frozen image encoder, ``ln_vision`` and the Q-Former with its heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_blip.layers.attention import KeyValue
+from lightning_blip.layers.heads import LMHead
+from lightning_blip.losses.itc import max_query_similarity
+from lightning_blip.models.qformer import QFormer, QFormerConfig, QFormerOutput
+from lightning_blip.models.vision import VisionConfig, VisionEncoder
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def eva_vit_g() -> VisionConfig:
+    """EVA-CLIP ViT-g/14 at 224 px with its last block removed and no final norm (BLIP-2's default)."""
+    return VisionConfig("eva_giant_patch14_224", image_size=224, num_removed_blocks=1, final_norm=False)
+
+
+@dataclass
+class Blip2Config:
+    """Configuration of :class:`Blip2Model`.
+
+    Attributes:
+        vision: the timm ViT (``qformer.encoder_width`` is set to its width).
+        qformer: the Q-Former.
+        embed_dim: width of the ITC space.
+        temperature: initial ITC temperature (0.07; clamped to [0.001, 0.5] as in BLIP).
+        freeze_vision: keep the image encoder frozen (no gradients, eval mode); stage 1 and 2.
+        frozen_vision_dtype: dtype of the frozen image encoder on a GPU (``float16`` as LAVIS,
+            ``bfloat16`` or ``float32``); it stays in fp32 on CPU.
+        bos_token_id: [DEC], the first token of the ITG decoder.
+        pad_token_id: [PAD].
+    """
+
+    vision: VisionConfig = field(default_factory=eva_vit_g)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    embed_dim: int = 256
+    temperature: float = 0.07
+    freeze_vision: bool = True
+    frozen_vision_dtype: str = "float16"
+    bos_token_id: int = 30522
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.frozen_vision_dtype not in DTYPES:
+            raise ValueError(
+                f"frozen_vision_dtype must be one of {sorted(DTYPES)}, got {self.frozen_vision_dtype!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Blip2Config:
+        """Rebuild from :func:`dataclasses.asdict` output (checkpoints keep configs as plain dicts)."""
+        values = dict(values)
+        vision = VisionConfig(**values.pop("vision", {}))
+        qformer = QFormerConfig(**values.pop("qformer", {}))
+        return cls(vision=vision, qformer=qformer, **values)
+
+
+class FrozenAwareImageEncoder(nn.Module):
+    """The image side of BLIP-2: a (frozen) timm ViT followed by the trainable ``ln_vision``.
+
+    Frozen: no gradients, always in eval mode, run under ``no_grad``, and held in
+    ``frozen_dtype`` once moved to a GPU (its output is cast back to fp32 for ``ln_vision``).
+    """
+
+    def __init__(self, vision: VisionConfig, frozen: bool, frozen_dtype: str = "float16") -> None:
+        super().__init__()
+        self.visual_encoder = VisionEncoder(vision)
+        self.ln_vision = nn.LayerNorm(self.visual_encoder.width, eps=1e-5)
+        self.frozen = frozen
+        self.frozen_dtype = DTYPES[frozen_dtype]
+        if frozen:
+            self.visual_encoder.requires_grad_(False)
+            self.visual_encoder.eval()
+
+    @property
+    def width(self) -> int:
+        return self.visual_encoder.width
+
+    def train(self, mode: bool = True) -> FrozenAwareImageEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.visual_encoder.eval()
+        return self
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.frozen:
+            weight = next(self.visual_encoder.parameters())
+            if (
+                weight.device.type == "cuda"
+                and weight.dtype == torch.float32
+                and self.frozen_dtype != torch.float32
+            ):
+                self.visual_encoder.to(self.frozen_dtype)
+        return self
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> normalised image features ``(B, 1 + N, D)`` (fp32 out of ``ln_vision``)."""
+        if not self.frozen:
+            return self.ln_vision(self.visual_encoder(pixel_values))
+        dtype = next(self.visual_encoder.parameters()).dtype
+        with torch.no_grad():
+            features = self.visual_encoder(pixel_values.to(dtype))
+        return self.ln_vision(features.float())
+
+
+class Blip2Model(nn.Module):
+    """BLIP-2 stage 1: frozen ViT, ``ln_vision``, Q-Former, ITC projections, ITM head, ITG LM head.
+
+    No Lightning here: use it for query features, ITC similarities and ITM scores.
+    """
+
+    def __init__(self, config: Blip2Config | None = None) -> None:
+        super().__init__()
+        config = config or Blip2Config()
+        self.image_encoder = FrozenAwareImageEncoder(
+            config.vision, config.freeze_vision, config.frozen_vision_dtype
+        )
+        config = replace(config, qformer=replace(config.qformer, encoder_width=self.image_encoder.width))
+        self.config = config
+        self.qformer = QFormer(config.qformer)
+        D = config.qformer.hidden_size
+        self.vision_proj = nn.Linear(D, config.embed_dim)
+        self.text_proj = nn.Linear(D, config.embed_dim)
+        self.itm_head = nn.Linear(D, 2)
+        self.lm_head = LMHead(self.qformer.embeddings.word_embeddings, config.qformer.layer_norm_eps)
+        self.temp = nn.Parameter(torch.full((1,), config.temperature))  # (1,): FSDP2 shards no 0-d tensors
+        for head in (self.vision_proj, self.text_proj, self.itm_head):
+            nn.init.normal_(head.weight, std=config.qformer.initializer_range)
+            nn.init.zeros_(head.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that take no weight decay."""
+        return {"temp"} | {f"qformer.{n}" for n in self.qformer.no_weight_decay()}
+
+    # image side ---------------------------------------------------------------------------------
+    def forward_image(self, pixel_values: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> image features after ``ln_vision`` ``(B, 1 + N, Dv)``."""
+        return self.image_encoder(pixel_values)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """Same as :meth:`forward_image` (the entry point that wrappers such as FSDP hook)."""
+        return self.forward_image(pixel_values)
+
+    def image_kv(self, image_embeds: Tensor) -> list[KeyValue | None]:
+        """The Q-Former's cross-attention keys/values of ``image_embeds``; compute once per image."""
+        return self.qformer.image_kv(image_embeds)
+
+    def query_output(
+        self, image_embeds: Tensor | None = None, image_kv: list | None = None, use_cache: bool = False
+    ) -> QFormerOutput:
+        """The queries alone over the image: ``(B, Q, D)`` (+ their keys/values for ITG)."""
+        return self.qformer(image_embeds=image_embeds, image_kv=image_kv, use_cache=use_cache)
+
+    def image_features(self, query_hidden: Tensor, normalize: bool = True) -> Tensor:
+        """Query outputs ``(B, Q, D)`` -> ITC features ``(B, Q, E)``."""
+        feats = self.vision_proj(query_hidden)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def text_features(self, text_hidden: Tensor, normalize: bool = True) -> Tensor:
+        """[CLS] of unimodal text states ``(B, L, D)`` -> ITC features ``(B, E)``."""
+        feat = self.text_proj(text_hidden[:, 0])
+        return F.normalize(feat, dim=-1) if normalize else feat
+
+    def encode_image(self, pixel_values: Tensor, normalize: bool = True) -> Tensor:
+        """Images ``(B, 3, H, W)`` -> per-query ITC features ``(B, Q, E)``."""
+        return self.image_features(
+            self.query_output(self.forward_image(pixel_values)).last_hidden_state, normalize
+        )
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
+        """Token ids ``(B, L)`` ([CLS] first) -> ITC features ``(B, E)``."""
+        hidden = self.qformer(
+            input_ids, attention_mask, queries=False, first_token_only=True
+        ).last_hidden_state
+        return self.text_features(hidden, normalize)
+
+    def similarity(self, image_feats: Tensor, text_feats: Tensor) -> Tensor:
+        """ITC similarity ``(I, T)`` (before the temperature): max over each image's queries."""
+        return max_query_similarity(image_feats, text_feats)
+
+    # image-grounded passes --------------------------------------------------------------------
+    def itm_logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        image_embeds: Tensor | None = None,
+        image_kv: list | None = None,
+    ) -> Tensor:
+        """ITM logits ``(B, 2)`` (index 1 = match): the head on each query output, averaged over queries."""
+        hidden = self.qformer(input_ids, attention_mask, image_embeds=image_embeds, image_kv=image_kv)
+        return self.itm_head(hidden.last_hidden_state[:, : self.config.qformer.num_query_tokens]).mean(dim=1)
+
+    def decoder_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        query_cache: list[KeyValue] | None = None,
+        image_embeds: Tensor | None = None,
+        image_kv: list | None = None,
+    ) -> Tensor:
+        """ITG text states ``(B, L, D)`` ([DEC] first) under the multimodal-causal mask.
+
+        With ``query_cache`` (keys/values of a query pass) only the text is run; otherwise one pass
+        over ``[queries; text]``.
+        """
+        input_ids = input_ids.clone()
+        input_ids[:, 0] = self.config.bos_token_id
+        if query_cache is not None:
+            return self.qformer(
+                input_ids, attention_mask, queries=False, causal=True, query_cache=query_cache
+            ).last_hidden_state
+        hidden = self.qformer(
+            input_ids, attention_mask, image_embeds=image_embeds, image_kv=image_kv, causal=True
+        )
+        return hidden.last_hidden_state[:, self.config.qformer.num_query_tokens :]
