@@ -87,8 +87,36 @@ class BlipTask(L.LightningModule):
                 batch_size=1,
             )
 
+    # frozen weights (BLIP-2's image encoder and LLM) stay out of checkpoints -----------------------
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes of frozen weights, which checkpoints leave out (subclasses)."""
+        return ()
+
+    def frozen_sources(self) -> dict:
+        """Where the frozen weights come from (model names, local paths), written into checkpoints."""
+        return {}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["base_seed"] = self.base_seed
+        prefixes = self.frozen_prefixes()
+        # a sharded (distributed) checkpoint keeps them: Lightning's resume loads every key of it
+        if prefixes and "state_dict" in checkpoint and not _is_distributed_checkpoint(self):
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(prefixes)]:
+                del state[key]
+            checkpoint["frozen_weights"] = {"prefixes": list(prefixes), "sources": self.frozen_sources()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.base_seed = checkpoint.get("base_seed")
+        if "frozen_weights" in checkpoint and "state_dict" in checkpoint:
+            # the frozen weights this module was built with (from their sources) fill the gap
+            prefixes = tuple(checkpoint["frozen_weights"]["prefixes"])
+            state = checkpoint["state_dict"]
+            for key, value in self.state_dict().items():
+                if key.startswith(prefixes):
+                    state.setdefault(key, value)
+
+
+def _is_distributed_checkpoint(module: L.LightningModule) -> bool:
+    strategy = module._trainer.strategy if module._trainer is not None else None
+    return bool(getattr(strategy, "_save_distributed_checkpoint", False))

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.metrics.retrieval import recall_at_1
 from lightning_blip.models.blip import BlipConfig
 from lightning_blip.models.blip_pretraining import BlipForPretraining, Positives
 from lightning_blip.models.checkpoint_io import load_state_dict_file
 from lightning_blip.tasks.base import BlipTask, default_optimizer
+from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
 
 
-class MEDPretrain(BlipTask):
+class MEDPretrain(ITCRetrievalEval, BlipTask):
     """BLIP pretraining of the MED model on image-text pairs.
 
     A thin layer over :class:`~lightning_blip.models.blip_pretraining.BlipForPretraining`: it ramps
@@ -132,45 +131,10 @@ class MEDPretrain(BlipTask):
         self.log_skipped(batch)
         return loss
 
-    # evaluation: zero-shot retrieval R@1 by ITC similarity over the whole set ----------------------
-    def on_validation_epoch_start(self) -> None:
-        self._val_outputs: list[dict[str, Tensor]] = []
+    # evaluation (ITCRetrievalEval) ------------------------------------------------------------------
+    def retrieval_features(self, batch: dict) -> tuple[Tensor, Tensor]:
+        return self.model.retrieval_features(batch["image"], batch["input_ids"], batch["attention_mask"])
 
-    on_test_epoch_start = on_validation_epoch_start
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        image_feat, text_feat = self.model.retrieval_features(
-            batch["image"], batch["input_ids"], batch["attention_mask"]
-        )
+    def retrieval_ids(self, batch: dict) -> Tensor:
         ids = self.model.positive_ids(batch["input_ids"], batch["image_id"])
-        self._val_outputs.append(
-            {
-                "image": image_feat,
-                "text": text_feat,
-                "ids": batch["image_id"] if ids is None else ids,
-                "index": batch["index"],
-            }
-        )
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val_outputs:
-            return
-        local = {k: torch.cat([o[k] for o in self._val_outputs]) for k in self._val_outputs[0]}
-        self._val_outputs = []
-        gathered = {
-            k: self.all_gather(v).flatten(0, 1) if self.trainer.world_size > 1 else v
-            for k, v in local.items()
-        }
-        recall = recall_at_1(**gathered)
-        stage = "test" if self.trainer.testing else "val"
-        self.log_dict({f"{stage}/{k}": v for k, v in recall.items()}, prog_bar=True, rank_zero_only=True)
-
-    test_step = validation_step
-    on_test_epoch_end = on_validation_epoch_end
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        """ITC embeddings for offline retrieval: ``{"index", "image_embeds", "text_embeds"}``."""
-        image_feat, text_feat = self.model.retrieval_features(
-            batch["image"], batch["input_ids"], batch["attention_mask"]
-        )
-        return {"index": batch["index"], "image_embeds": image_feat, "text_embeds": text_feat}
+        return batch["image_id"] if ids is None else ids

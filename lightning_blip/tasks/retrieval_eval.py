@@ -1,0 +1,51 @@
+"""Zero-shot ITC retrieval evaluation shared by the pretraining tasks (BLIP and BLIP-2 stage 1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_blip.metrics.retrieval import dot_similarity, recall_at_1
+
+
+class ITCRetrievalEval:
+    """Validation/test: image-to-text and text-to-image R@1 by ITC similarity over the whole set.
+
+    Mixed into a LightningModule that defines ``retrieval_features(batch) -> (image, text)`` and
+    ``retrieval_ids(batch) -> ids`` (a hit is a retrieved item with the query's id). Features
+    from every rank are gathered and the duplicates a distributed sampler adds are removed by index.
+    Predict returns the features for offline retrieval.
+    """
+
+    similarity = staticmethod(dot_similarity)
+
+    def on_validation_epoch_start(self) -> None:
+        self._retrieval_outputs: list[dict[str, Tensor]] = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        image, text = self.retrieval_features(batch)
+        self._retrieval_outputs.append(
+            {"image": image, "text": text, "ids": self.retrieval_ids(batch), "index": batch["index"]}
+        )
+
+    test_step = validation_step
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._retrieval_outputs:
+            return
+        outputs, self._retrieval_outputs = self._retrieval_outputs, []
+        local = {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
+        if self.trainer.world_size > 1:
+            local = {k: self.all_gather(v).flatten(0, 1) for k, v in local.items()}
+        recall = recall_at_1(**local, similarity=self.similarity)
+        stage = "test" if self.trainer.testing else "val"
+        self.log_dict({f"{stage}/{k}": v for k, v in recall.items()}, prog_bar=True, rank_zero_only=True)
+
+    on_test_epoch_end = on_validation_epoch_end
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        """ITC embeddings for offline retrieval: ``{"index", "image_embeds", "text_embeds"}``."""
+        image, text = self.retrieval_features(batch)
+        return {"index": batch["index"], "image_embeds": image, "text_embeds": text}
