@@ -28,6 +28,7 @@ class BlipCLI(LightningCLI):
 
 COMMANDS = {
     "quickstart": "lightning_blip.quickstart:main",
+    "consolidate": "lightning_blip.checkpoints:main",
 }
 
 

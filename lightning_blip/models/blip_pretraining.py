@@ -128,7 +128,9 @@ class BlipForPretraining(nn.Module):
     @torch.no_grad()
     def _momentum_features(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor):
         image_m = F.normalize(self.vision_proj_m(self.visual_encoder_m(pixel_values)[:, 0]), dim=-1)
-        text_hidden = self.text_m(input_ids, attention_mask, mode="text", first_token_only=True).last_hidden_state
+        text_hidden = self.text_m(
+            input_ids, attention_mask, mode="text", first_token_only=True
+        ).last_hidden_state
         return image_m, F.normalize(self.text_proj_m(text_hidden[:, 0]), dim=-1)
 
     @torch.no_grad()
@@ -186,7 +188,9 @@ class BlipForPretraining(nn.Module):
 
         image_embeds = blip.forward_image(pixel_values)
         image_feat = blip.image_features(image_embeds)
-        text_hidden = blip.text(input_ids, attention_mask, mode="text", first_token_only=True).last_hidden_state
+        text_hidden = blip.text(
+            input_ids, attention_mask, mode="text", first_token_only=True
+        ).last_hidden_state
         text_feat = blip.text_features(text_hidden)
 
         # ITC against [momentum keys of the batch ; queue]
@@ -259,4 +263,3 @@ class BlipForPretraining(nn.Module):
         return PretrainingOutput(
             loss_itc, loss_itm, loss_lm, temp.detach().squeeze(), neg_text_idx, neg_image_idx
         )
-

@@ -3,5 +3,6 @@
 from lightning_blip.tasks.base import BlipTask
 from lightning_blip.tasks.pretrain import MEDPretrain
 from lightning_blip.tasks.qformer_stage1 import QFormerStage1
+from lightning_blip.tasks.qformer_stage2 import QFormerStage2
 
-__all__ = ["BlipTask", "MEDPretrain", "QFormerStage1"]
+__all__ = ["BlipTask", "MEDPretrain", "QFormerStage1", "QFormerStage2"]

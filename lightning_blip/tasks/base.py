@@ -66,7 +66,12 @@ class BlipTask(L.LightningModule):
     def steps_per_epoch(self) -> int:
         """Optimiser steps per epoch of the attached trainer."""
         trainer = self.trainer
-        return max(1, int(trainer.num_training_batches) // trainer.accumulate_grad_batches)
+        if trainer.num_training_batches == float("inf"):  # not known yet with max_steps runs
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        if batches == float("inf"):  # an iterable data set without a length
+            return 1
+        return max(1, int(batches) // trainer.accumulate_grad_batches)
 
     def on_fit_start(self) -> None:
         if self.base_seed is None:
@@ -99,12 +104,15 @@ class BlipTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["base_seed"] = self.base_seed
         prefixes = self.frozen_prefixes()
-        # a sharded (distributed) checkpoint keeps them: Lightning's resume loads every key of it
-        if prefixes and "state_dict" in checkpoint and not _is_distributed_checkpoint(self):
+        if not prefixes:
+            return
+        checkpoint["frozen_weights"] = {"prefixes": list(prefixes), "sources": self.frozen_sources()}
+        # a sharded (distributed) checkpoint keeps them, since Lightning's resume loads every key of
+        # it; `lightning_blip consolidate` leaves them out of the single file it writes
+        if "state_dict" in checkpoint and not _is_distributed_checkpoint(self):
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(prefixes)]:
                 del state[key]
-            checkpoint["frozen_weights"] = {"prefixes": list(prefixes), "sources": self.frozen_sources()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.base_seed = checkpoint.get("base_seed")

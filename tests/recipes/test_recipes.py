@@ -17,11 +17,28 @@ LOSSES = {
     "blip_": {"train/loss_itc", "train/loss_itm", "train/loss_lm"},
     "quickstart": {"train/loss_itc", "train/loss_itm", "train/loss_lm"},
     "blip2_stage1": {"train/loss_itc", "train/loss_itm", "train/loss_itg"},
+    "blip2_stage2": {"train/loss"},
 }
 
 
 def _override(recipe: Path) -> str:
     return TINY_BLIP2 if recipe.name.startswith("blip2_") else TINY
+
+
+@pytest.fixture(scope="module")
+def tiny_llms(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random OPT and T5 with their tokenizers, standing in for OPT-2.7B and FlanT5-XL."""
+    from lightning_blip.models.small_llm import save_tiny_llm
+
+    root = tmp_path_factory.mktemp("llms")
+    return {kind: save_tiny_llm(kind, root / kind) for kind in ("opt", "t5")}
+
+
+def _model_args(recipe: Path, tiny_llms: dict[str, Path]) -> list[str]:
+    if not recipe.name.startswith("blip2_stage2"):
+        return []
+    kind = "t5" if "flant5" in recipe.name else "opt"
+    return [f"--model.init_args.config.llm={tiny_llms[kind]}"]
 
 
 def _data_args(recipe: Path, tmp_path: Path) -> list[str]:
@@ -36,12 +53,17 @@ def _data_args(recipe: Path, tmp_path: Path) -> list[str]:
 
 def test_recipes_are_found():
     expected = {"blip_pretrain.yaml", "blip_pretrain_vitl.yaml", "quickstart.yaml"}
-    expected |= {"blip2_stage1.yaml", "blip2_stage1_vitl.yaml"}
+    expected |= {
+        "blip2_stage1.yaml",
+        "blip2_stage1_vitl.yaml",
+        "blip2_stage2_opt.yaml",
+        "blip2_stage2_flant5.yaml",
+    }
     assert expected <= {r.name for r in RECIPES}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_recipe_runs_one_step(recipe: Path, tmp_path: Path):
+def test_recipe_runs_one_step(recipe: Path, tmp_path: Path, tiny_llms: dict[str, Path]):
     args = [
         "-c",
         str(recipe),
@@ -50,7 +72,7 @@ def test_recipe_runs_one_step(recipe: Path, tmp_path: Path):
         "--trainer.fast_dev_run=1",
         f"--trainer.default_root_dir={tmp_path}",
     ]
-    cli = BlipCLI(args=args + _data_args(recipe, tmp_path), run=False)
+    cli = BlipCLI(args=args + _model_args(recipe, tiny_llms) + _data_args(recipe, tmp_path), run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 1
     expected = next(v for k, v in LOSSES.items() if recipe.name.startswith(k))

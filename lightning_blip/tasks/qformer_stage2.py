@@ -1,0 +1,103 @@
+"""``QFormerStage2``: BLIP-2 generative learning, the Q-Former feeding a frozen LLM."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_blip.losses.gather import all_reduce_sum
+from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
+from lightning_blip.tasks.base import BlipTask, default_optimizer
+
+MODEL = "model."
+
+
+class QFormerStage2(BlipTask):
+    """BLIP-2 stage 2 on image-text pairs: a thin layer over :class:`Blip2ForGeneration`.
+
+    Trainable: ``ln_vision``, the Q-Former and the projection to the LLM (initialised from a stage-1
+    checkpoint through ``config.stage1_checkpoint``). The image encoder and the LLM are frozen: no
+    gradients, no optimiser state, left out of checkpoints (which name their sources). The loss is
+    the LLM's next-token cross entropy on the caption tokens, normalised by the number of scored
+    tokens over all ranks so that W ranks equal one rank with the same global batch.
+
+    Args:
+        config: frozen ViT + Q-Former + frozen LLM (any causal or encoder-decoder transformers LM).
+        generate_kwargs: options of :meth:`Blip2ForGeneration.generate` for ``predict``.
+        optimizer: optimiser callable (the recipe's ``optimizer:``).
+        lr_scheduler: schedule callable (the recipe's ``lr_scheduler:``), stepped every step.
+    """
+
+    def __init__(
+        self,
+        config: Blip2LLMConfig | None = None,
+        generate_kwargs: dict | None = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler)
+        if isinstance(config, dict):  # from a checkpoint's hyper-parameters
+            config = Blip2LLMConfig.from_dict(config)
+        config = config or Blip2LLMConfig()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.hparams["config"] = asdict(config)  # plain dicts: checkpoints load with weights_only
+        self.model = Blip2ForGeneration(config)
+        self.generate_kwargs = generate_kwargs or {}
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``: FSDP2-shard the ViT blocks, Q-Former layers and LLM layers."""
+        if self.device_mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        mesh = self.device_mesh["data_parallel"]
+        model = self.model
+        for block in model.image_encoder.visual_encoder.vit.blocks:
+            fully_shard(block, mesh=mesh)
+        for layer in model.qformer.layers:
+            if layer.cross_attn is not None:  # called on its own to compute the image's keys/values
+                fully_shard(layer.cross_attn.attention.kv, mesh=mesh)
+            fully_shard(layer, mesh=mesh)
+        # the LLM's own unit of sharding: the layer classes transformers never splits
+        layer_classes = set(getattr(model.llm, "_no_split_modules", None) or ())
+        for module in model.llm.modules():
+            if type(module).__name__ in layer_classes:
+                fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        register_fsdp_forward_method(model, "generate")
+
+    def trainable_module(self) -> nn.Module:
+        return self.model
+
+    def no_weight_decay(self) -> set[str]:
+        return self.model.no_weight_decay()
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        return tuple(MODEL + p for p in self.model.frozen_prefixes)
+
+    def frozen_sources(self) -> dict:
+        config = self.model.config
+        return {MODEL + "llm.": config.llm, MODEL + "image_encoder.visual_encoder.": asdict(config.vision)}
+
+    def _loss(self, batch: dict) -> Tensor:
+        total, count = self.model(batch["image"], batch["caption"], reduction="sum")
+        return total * self.trainer.world_size / all_reduce_sum(count).clamp(min=1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        # each rank's loss is W x its share of the global mean, so their mean over ranks is that mean
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["caption"]))
+        self.log_skipped(batch)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), sync_dist=True, batch_size=len(batch["caption"]))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Captions of the batch's images: ``{"index", "caption"}``."""
+        return {
+            "index": batch["index"],
+            "caption": self.model.generate(batch["image"], **self.generate_kwargs),
+        }
