@@ -1,4 +1,4 @@
-"""Retrieval hit rates from ITC features."""
+"""Retrieval hit rates: R@1 from ITC features, and the COCO/Flickr R@1/5/10 report."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from lightning_blip.metrics.sync import first_occurrence
+
+Similarity = Callable[[Tensor, Tensor], Tensor]
 
 
 def dot_similarity(image: Tensor, text: Tensor) -> Tensor:
@@ -18,7 +24,7 @@ def recall_at_1(
     text: Tensor,
     ids: Tensor,
     index: Tensor | None = None,
-    similarity: Callable[[Tensor, Tensor], Tensor] = dot_similarity,
+    similarity: Similarity = dot_similarity,
 ) -> dict[str, float]:
     """Image-to-text and text-to-image R@1 where row i of ``image`` and ``text`` form a pair.
 
@@ -33,15 +39,96 @@ def recall_at_1(
     Returns ``{"i2t_r1", "t2i_r1"}``: the fraction of queries whose top item is a hit.
     """
     if index is not None:
-        first = torch.zeros_like(index, dtype=torch.bool)
-        order = torch.argsort(index, stable=True)
-        sorted_index = index[order]
-        keep = torch.ones_like(sorted_index, dtype=torch.bool)
-        keep[1:] = sorted_index[1:] != sorted_index[:-1]
-        first[order[keep]] = True
+        first = first_occurrence(index)
         image, text, ids = image[first], text[first], ids[first]
     sim = similarity(image.float(), text.float())
     return {
         "i2t_r1": (ids[sim.argmax(dim=1)] == ids).float().mean().item(),
         "t2i_r1": (ids[sim.argmax(dim=0)] == ids).float().mean().item(),
     }
+
+
+def retrieval_recall(sim_i2t: Tensor, txt2img: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """COCO / Flickr30k retrieval report (hit rates, as LAVIS's ``_report_metrics`` computes them).
+
+    Args:
+        sim_i2t: ``(N_img, N_txt)`` scores of every image against every text (ITC, or ITM re-ranked).
+        txt2img: ``(N_txt,)`` the index (row of ``sim_i2t``) of each text's image; every image needs
+            at least one text.
+
+    Returns fractions in ``[0, 1]``: ``txt_r{k}`` (image-to-text: images with any of their texts in
+    the top k), ``img_r{k}`` (text-to-image: texts whose image is in the top k), their means
+    ``txt_r_mean``, ``img_r_mean`` and ``r_mean`` (mean of all). A tie with a wrong item counts as
+    a hit (the rank is the number of strictly higher scores).
+    """
+    n_img, n_txt = sim_i2t.shape
+    txt2img = txt2img.to(device=sim_i2t.device, dtype=torch.long)
+    if txt2img.shape != (n_txt,):
+        raise ValueError(f"txt2img must have shape ({n_txt},), got {tuple(txt2img.shape)}")
+    if torch.bincount(txt2img, minlength=n_img).min() == 0 or txt2img.max() >= n_img:
+        raise ValueError("every image needs at least one text and txt2img must index rows of sim_i2t")
+    own = sim_i2t[txt2img, torch.arange(n_txt, device=sim_i2t.device)]  # (N_txt,) text vs its image
+    best_own = torch.full((n_img,), -torch.inf, dtype=own.dtype, device=own.device)
+    best_own = best_own.scatter_reduce(0, txt2img, own, reduce="amax")  # (N_img,) best own text
+    txt_rank = (sim_i2t > best_own[:, None]).sum(dim=1)  # (N_img,) rank of the first own text
+    img_rank = (sim_i2t > own[None, :]).sum(dim=0)  # (N_txt,) rank of the text's image
+    out = {f"txt_r{k}": (txt_rank < k).double().mean().item() for k in ks}
+    out |= {f"img_r{k}": (img_rank < k).double().mean().item() for k in ks}
+    out["txt_r_mean"] = sum(out[f"txt_r{k}"] for k in ks) / len(ks)
+    out["img_r_mean"] = sum(out[f"img_r{k}"] for k in ks) / len(ks)
+    out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    return out
+
+
+class RetrievalRecall(Metric):
+    """:func:`retrieval_recall` over the whole set from ``(image, text)`` pair features; syncs across ranks.
+
+    ``update(image, text, image_ids, index=None)`` takes rows of pairs as a caption dataset yields
+    them: ``image`` ``(B, ...)`` features (BLIP-2: ``(B, Q, E)``), ``text`` ``(B, E)``, ``image_ids``
+    ``(B,)`` (rows with the same image id share one image) and optional dataset ``index`` ``(B,)``
+    (a repeated index, distributed padding, is dropped). ``compute()`` scores every distinct image
+    (its first row's features) against every text with ``similarity`` and returns the dict of
+    :func:`retrieval_recall` as float64 tensors. For ITM re-ranking, call :func:`retrieval_recall`
+    with the re-ranked scores.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self, similarity: Similarity = dot_similarity, ks: tuple[int, ...] = (1, 5, 10), **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.similarity = similarity
+        self.ks = tuple(ks)
+        for name in ("image", "text", "image_ids", "index"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, image: Tensor, text: Tensor, image_ids: Tensor, index: Tensor | None = None) -> None:
+        if not len(image) == len(text) == len(image_ids):
+            raise ValueError("image, text and image_ids need the same number of rows")
+        self.image.append(image.detach())
+        self.text.append(text.detach())
+        self.image_ids.append(image_ids.detach().long().reshape(-1))
+        self.index.append(
+            torch.full_like(self.image_ids[-1], -1) if index is None else index.detach().long().reshape(-1)
+        )
+
+    def compute(self) -> dict[str, Tensor]:
+        if len(self.image_ids) == 0:
+            raise ValueError("RetrievalRecall.compute() needs at least one update")
+        image, text, image_ids, index = (
+            dim_zero_cat(s) for s in (self.image, self.text, self.image_ids, self.index)
+        )
+        rows = first_occurrence(index.long())
+        image, text, image_ids = image[rows], text[rows], image_ids[rows].long()
+        unique_ids, txt2img = torch.unique(image_ids, return_inverse=True)
+        first_row = torch.full_like(unique_ids, len(image_ids)).scatter_reduce(
+            0, txt2img, torch.arange(len(image_ids), device=txt2img.device), reduce="amin"
+        )
+        sim = self.similarity(image[first_row].float(), text.float())
+        return {
+            k: torch.tensor(v, dtype=torch.float64)
+            for k, v in retrieval_recall(sim, txt2img, self.ks).items()
+        }
