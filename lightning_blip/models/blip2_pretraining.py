@@ -17,7 +17,7 @@ from lightning_blip.losses.itc import blip2_itc_loss, itc_targets, max_query_sim
 from lightning_blip.losses.itm import NegativeSampler, itm_inputs, itm_loss
 from lightning_blip.losses.lm import lm_labels, scored_positions, token_cross_entropy
 from lightning_blip.models.blip2 import Blip2Config, Blip2Model
-from lightning_blip.models.blip_pretraining import Positives, caption_ids
+from lightning_blip.models.blip_pretraining import PositivePairs, Positives
 
 
 class Blip2PretrainingOutput(NamedTuple):
@@ -31,7 +31,7 @@ class Blip2PretrainingOutput(NamedTuple):
     neg_image_idx: Tensor
 
 
-class Blip2ForPretraining(nn.Module):
+class Blip2ForPretraining(PositivePairs, nn.Module):
     """Stage-1 representation learning of :class:`Blip2Model` (no queue, no momentum encoder).
 
     One frozen ViT forward and three Q-Former passes per batch: the queries alone over the image
@@ -72,16 +72,6 @@ class Blip2ForPretraining(nn.Module):
     def clamp_temperature_(self) -> None:
         """Clamp the temperature to [0.001, 0.5] in place (BLIP does; BLIP-2's code does not)."""
         self.blip2.temp.clamp_(0.001, 0.5)
-
-    def positive_ids(self, input_ids: Tensor, image_ids: Tensor | None) -> Tensor | None:
-        """Ids whose equality makes two pairs positives (None: only a pair with itself)."""
-        if self.positives == "pair":
-            return None
-        if self.positives == "caption":
-            return caption_ids(input_ids)
-        if image_ids is None:
-            raise ValueError("positives='image_id' needs image_ids in the batch")
-        return image_ids
 
     def forward(
         self,

@@ -42,7 +42,23 @@ def caption_ids(input_ids: Tensor) -> Tensor:
     return (input_ids * weights).sum(dim=1) % (2**61 - 1)
 
 
-class BlipForPretraining(nn.Module):
+class PositivePairs:
+    """``positive_ids`` for a model with a ``positives`` attribute (``"pair"``, ``"image_id"``, ``"caption"``)."""
+
+    positives: Positives
+
+    def positive_ids(self, input_ids: Tensor, image_ids: Tensor | None) -> Tensor | None:
+        """Ids whose equality makes two pairs positives (None: only a pair with itself)."""
+        if self.positives == "pair":
+            return None
+        if self.positives == "caption":
+            return caption_ids(input_ids)
+        if image_ids is None:
+            raise ValueError("positives='image_id' needs image_ids in the batch")
+        return image_ids
+
+
+class BlipForPretraining(PositivePairs, nn.Module):
     """ITC + ITM + LM pretraining of :class:`BlipModel` (one ViT forward, three text passes per pair).
 
     Holds the momentum encoders (frozen EMA copies of the ViT, ``vision_proj``, the unimodal text
@@ -148,16 +164,6 @@ class BlipForPretraining(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Normalised ITC features of images and texts, each ``(B, E)`` (for evaluation)."""
         return self.blip.encode_image(pixel_values), self.blip.encode_text(input_ids, attention_mask)
-
-    def positive_ids(self, input_ids: Tensor, image_ids: Tensor | None) -> Tensor | None:
-        """Ids whose equality makes two pairs positives (None: only a pair with itself)."""
-        if self.positives == "pair":
-            return None
-        if self.positives == "caption":
-            return caption_ids(input_ids)
-        if image_ids is None:
-            raise ValueError("positives='image_id' needs image_ids in the batch")
-        return image_ids
 
     # the step --------------------------------------------------------------------------------------
     def forward(

@@ -24,6 +24,7 @@ from lightning_blip.layers.attention import (
     causal_padding_mask,
     padding_mask,
 )
+from lightning_blip.layers.init import bert_init_
 
 Mode = Literal["text", "multimodal", "decoder"]
 
@@ -157,16 +158,7 @@ class MEDTextModel(nn.Module):
         self.config = config
         self.embeddings = TextEmbeddings(config)
         self.layers = nn.ModuleList(MEDLayer(config) for _ in range(config.num_layers))
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.config.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        bert_init_(self, self.config.initializer_range)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) that take no weight decay."""

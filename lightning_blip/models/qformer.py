@@ -26,6 +26,7 @@ from lightning_blip.layers.attention import (
     causal_padding_mask,
     padding_mask,
 )
+from lightning_blip.layers.init import bert_init_
 
 
 @dataclass
@@ -191,17 +192,8 @@ class QFormer(nn.Module):
             QFormerLayer(config, cross_attention=i % config.cross_attention_freq == 0)
             for i in range(config.num_layers)
         )
-        self.apply(self._init_weights)
+        bert_init_(self, self.config.initializer_range)
         nn.init.normal_(self.query_tokens, std=config.initializer_range)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.config.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) that take no weight decay."""

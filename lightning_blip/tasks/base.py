@@ -80,6 +80,14 @@ class BlipTask(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         torch.manual_seed(step_seed(self.base_seed, self.global_step, self.global_rank))
 
+    def log_losses(self, losses: dict[str, torch.Tensor], batch_size: int, **scalars: float) -> torch.Tensor:
+        """Log each loss (``train/<name>``), their sum ``train/loss`` and ``scalars``; return the sum."""
+        loss = sum(losses.values())
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=batch_size, sync_dist=True)
+        self.log("train/loss", loss, batch_size=batch_size, prog_bar=True, sync_dist=True)
+        self.log_dict({f"train/{k}": v for k, v in scalars.items()}, batch_size=batch_size)
+        return loss
+
     def log_skipped(self, batch: dict) -> None:
         """Log how many corrupt samples the data pipeline has skipped so far (summed over ranks)."""
         if "num_skipped" in batch:

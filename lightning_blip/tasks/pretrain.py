@@ -119,22 +119,11 @@ class MEDPretrain(ITCRetrievalEval, BlipTask):
             alpha=alpha,
             negative_sampler=self.negative_sampler,
         )
-        loss = out.loss_itc + out.loss_itm + out.loss_lm
-        B = batch["input_ids"].shape[0]
-        self.log_dict(
-            {"train/loss_itc": out.loss_itc, "train/loss_itm": out.loss_itm, "train/loss_lm": out.loss_lm},
-            batch_size=B,
-            sync_dist=True,
-        )
-        self.log("train/loss", loss, batch_size=B, prog_bar=True, sync_dist=True)
-        self.log_dict({"train/alpha": alpha, "train/temp": out.temp}, batch_size=B)
+        losses = {"loss_itc": out.loss_itc, "loss_itm": out.loss_itm, "loss_lm": out.loss_lm}
+        loss = self.log_losses(losses, batch["input_ids"].shape[0], alpha=alpha, temp=out.temp)
         self.log_skipped(batch)
         return loss
 
     # evaluation (ITCRetrievalEval) ------------------------------------------------------------------
     def retrieval_features(self, batch: dict) -> tuple[Tensor, Tensor]:
         return self.model.retrieval_features(batch["image"], batch["input_ids"], batch["attention_mask"])
-
-    def retrieval_ids(self, batch: dict) -> Tensor:
-        ids = self.model.positive_ids(batch["input_ids"], batch["image_id"])
-        return batch["image_id"] if ids is None else ids

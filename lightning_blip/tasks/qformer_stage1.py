@@ -96,15 +96,8 @@ class QFormerStage1(ITCRetrievalEval, BlipTask):
             image_ids=batch.get("image_id"),
             negative_sampler=self.negative_sampler,
         )
-        loss = out.loss_itc + out.loss_itm + out.loss_lm
-        B = batch["input_ids"].shape[0]
-        self.log_dict(
-            {"train/loss_itc": out.loss_itc, "train/loss_itm": out.loss_itm, "train/loss_itg": out.loss_lm},
-            batch_size=B,
-            sync_dist=True,
-        )
-        self.log("train/loss", loss, batch_size=B, prog_bar=True, sync_dist=True)
-        self.log("train/temp", out.temp, batch_size=B)
+        losses = {"loss_itc": out.loss_itc, "loss_itm": out.loss_itm, "loss_itg": out.loss_lm}
+        loss = self.log_losses(losses, batch["input_ids"].shape[0], temp=out.temp)
         self.log_skipped(batch)
         return loss
 
@@ -114,7 +107,3 @@ class QFormerStage1(ITCRetrievalEval, BlipTask):
         return blip2.encode_image(batch["image"]), blip2.encode_text(
             batch["input_ids"], batch["attention_mask"]
         )
-
-    def retrieval_ids(self, batch: dict) -> Tensor:
-        ids = self.model.positive_ids(batch["input_ids"], batch["image_id"])
-        return batch["image_id"] if ids is None else ids

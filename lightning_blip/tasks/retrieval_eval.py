@@ -12,7 +12,8 @@ class ITCRetrievalEval:
     """Validation/test: image-to-text and text-to-image R@1 by ITC similarity over the whole set.
 
     Mixed into a LightningModule that defines ``retrieval_features(batch) -> (image, text)`` and
-    ``retrieval_ids(batch) -> ids`` (a hit is a retrieved item with the query's id). Features
+    whose ``model`` has ``positive_ids`` (a hit is a retrieved item with the query's id: image ids,
+    or caption ids when the model counts identical captions as positives). Features
     from every rank are gathered and the duplicates a distributed sampler adds are removed by index.
     Predict returns the features for offline retrieval.
     """
@@ -23,6 +24,11 @@ class ITCRetrievalEval:
         self._retrieval_outputs: list[dict[str, Tensor]] = []
 
     on_test_epoch_start = on_validation_epoch_start
+
+    def retrieval_ids(self, batch: dict) -> Tensor:
+        """``(B,)`` ids of the batch's pairs."""
+        ids = self.model.positive_ids(batch["input_ids"], batch["image_id"])
+        return batch["image_id"] if ids is None else ids
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         image, text = self.retrieval_features(batch)
