@@ -28,6 +28,7 @@ class BlipCLI(LightningCLI):
 
 COMMANDS = {
     "quickstart": "lightning_blip.quickstart:main",
+    "blip2-miniature": "lightning_blip.blip2_miniature:main",
     "consolidate": "lightning_blip.checkpoints:main",
 }
 

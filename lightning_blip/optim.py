@@ -69,6 +69,8 @@ class WarmupCosineLR(TrainingLengthScheduler):
             return (
                 self.warmup_start_lr + (base_lr - self.warmup_start_lr) * step / self.warmup_steps
             ) / base_lr
+        if step == self.warmup_steps:  # the cosine's start; also the first lr when there is no warm-up,
+            return 1.0  # set at construction, before the task knows the run's length
         if self.total_steps is None:
             raise RuntimeError("WarmupCosineLR needs total_steps (set by the task from the trainer)")
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))

@@ -51,5 +51,12 @@ def test_cosine_after_warmup_reaches_min_lr_at_total_steps():
 def test_cosine_without_length_fails_clearly():
     s = WarmupCosineLR(_opt(1e-4), warmup_steps=1)
     s.optimizer.step()
+    s.step()  # the end of the warm-up is the cosine's start, whatever the length
     with pytest.raises(RuntimeError, match="total_steps"):
         s.step()
+
+
+def test_cosine_without_warmup_is_built_before_the_length_is_known():
+    s = WarmupCosineLR(_opt(1e-4), warmup_steps=0)  # an lr is computed at construction
+    s.set_training_length(total_steps=4, steps_per_epoch=4)
+    assert _lrs(s, 5) == pytest.approx([1e-4 * 0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(5)])
