@@ -28,3 +28,21 @@ def write_fake_dataset(root: Path, num_images: int = 16, corrupt: int = 0) -> Pa
     path = root / "train.json"
     path.write_text(json.dumps(records))
     return path
+
+
+def write_fake_caption_eval(train_json: Path, corrupt: int = 0) -> Path:
+    """Karpathy-style ``val.json`` beside ``train_json`` (same images): one record per image with a list
+    of references, ``{"image", "caption": [str, str]}``; ``corrupt`` unreadable images too."""
+    root = train_json.parent
+    records = []
+    for record in json.loads(train_json.read_text()):
+        if str(record["image"]).startswith("bad"):
+            continue
+        colour = record["caption"].split()[1]
+        records.append({"image": record["image"], "caption": [record["caption"], f"A {colour} box."]})
+    for j in range(corrupt):
+        (root / f"bad_eval{j}.png").write_bytes(b"not a png")
+        records.insert(1 + j, {"image": f"bad_eval{j}.png", "caption": ["broken"]})
+    path = root / "val.json"
+    path.write_text(json.dumps(records))
+    return path

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def parse_record(raw: Any) -> ImageTextRecord:
     return ImageTextRecord(image=image, captions=captions, image_id=str(image_id))
 
 
-def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+def json_lines(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(location, raw record)`` per non-blank line; a line that is not JSON gives a ``ValueError``."""
     decoded = failed = 0
     # undecodable bytes become U+FFFD so that such a line is one malformed record, not a crash
@@ -66,17 +68,48 @@ def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
         raise ValueError(f"{path}: no line is valid JSON")
 
 
-def _json_list(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield ``(location, raw record)`` for each element of the file's top-level list."""
+def read_json(path: Path) -> Any:
+    """The content of a ``.json`` file; a ``ValueError`` naming the file if it is not valid JSON."""
     try:
         with path.open(encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def _json_list(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(location, raw record)`` for each element of the file's top-level list."""
+    data = read_json(path)
     if not isinstance(data, list):
         raise TypeError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     for index, raw in enumerate(data):
         yield f"record {index}", raw
+
+
+def check_annotation_file(path: Path) -> None:
+    """Raise ``FileNotFoundError`` if ``path`` is missing, ``ValueError`` unless it ends in .json/.jsonl."""
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    if path.suffix not in (".json", ".jsonl"):
+        raise ValueError(f"{path}: annotation files must end in .json or .jsonl")
+
+
+def parse_records(
+    path: Path, items: Iterable[tuple[str, Any]], parse: Callable[[Any], T]
+) -> tuple[list[T], int]:
+    """``parse`` each ``(location, raw)`` item; a malformed one (``TypeError``/``ValueError``, or a
+    ``ValueError`` in place of the record) is skipped with one warning line and counted."""
+    records: list[T] = []
+    skipped = 0
+    for location, raw in items:
+        try:
+            if isinstance(raw, ValueError):
+                raise raw
+            records.append(parse(raw))
+        except (TypeError, ValueError) as err:
+            skipped += 1
+            log.warning("%s, %s: skipping malformed record: %s", path, location, err)
+    return records, skipped
 
 
 def load_annotations(
@@ -93,18 +126,11 @@ def load_annotations(
     records: list[ImageTextRecord] = []
     skipped = 0
     for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file not found: {path}")
-        if path.suffix not in (".json", ".jsonl"):
-            raise ValueError(f"{path}: annotation files must end in .json or .jsonl")
-        for location, raw in (_json_lines if path.suffix == ".jsonl" else _json_list)(path):
-            try:
-                if isinstance(raw, ValueError):
-                    raise raw
-                records.append(parse_record(raw))
-            except (TypeError, ValueError) as err:
-                skipped += 1
-                log.warning("%s, %s: skipping malformed record: %s", path, location, err)
+        check_annotation_file(path)
+        items = json_lines(path) if path.suffix == ".jsonl" else _json_list(path)
+        parsed, bad = parse_records(path, items, parse_record)
+        records += parsed
+        skipped += bad
     return records, skipped
 
 

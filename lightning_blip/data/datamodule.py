@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from lightning_blip.data.annotations import load_annotations
+from lightning_blip.data.annotations import ImageTextRecord, load_annotations
 from lightning_blip.data.collate import ImageTextCollator
 from lightning_blip.data.dataset import ImageTextDataset
 from lightning_blip.data.sampler import ResumableDistributedSampler
@@ -77,7 +77,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.tokenizer = build_tokenizer(vocab)
         self.collator = ImageTextCollator(self.tokenizer, max_length)
-        self.datasets: dict[str, ImageTextDataset] = {}
+        self.datasets: dict[str, Dataset] = {}
         self.num_skipped_records: dict[str, int] = {}
         self._resume: dict[str, int] | None = None
 
@@ -91,12 +91,16 @@ class ImageTextDataModule(L.LightningDataModule):
         if skipped:
             log.warning("%s annotations: skipped %d malformed records", split, skipped)
         self.num_skipped_records[split] = skipped
+        self.datasets[split] = self.build_dataset(split, records)
+
+    def build_dataset(self, split: str, records: list[ImageTextRecord]) -> Dataset:
+        """The dataset of a split from its records (subclasses change the evaluation layout)."""
         transform = (
             train_transform(self.image_size, self.crop_scale, self.randaugment)
             if split == "train"
             else eval_transform(self.image_size)
         )
-        self.datasets[split] = ImageTextDataset(
+        return ImageTextDataset(
             records, self.image_root, transform, self.max_words, substitute_corrupt=split == "train"
         )
 
@@ -110,7 +114,7 @@ class ImageTextDataModule(L.LightningDataModule):
         elif stage in ("test", "predict"):
             self._load("test", required=True)
 
-    def _dataset(self, split: str) -> ImageTextDataset:
+    def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:
             raise RuntimeError(f"no {split} dataset: call setup() with {split}_annotations set")
         return self.datasets[split]
@@ -159,14 +163,34 @@ class ImageTextDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def eval_collate_fn(self):
+        """Batches validation/test/predict items (subclasses with another evaluation layout override it)."""
+        return self.collator
+
+    shard_evaluation: bool = False
+    """Each rank evaluates its share of the items even with ``use_distributed_sampler: false``
+    (which the recipes set for the resumable training sampler). For subclasses whose evaluation
+    gathers results and drops the repeats that pad the last share (by item id)."""
+
+    def eval_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Sampler of the evaluation loaders: with :attr:`shard_evaluation`, a ``DistributedSampler``
+        (no shuffle) when distributed; otherwise None, and Lightning adds one unless the trainer has
+        ``use_distributed_sampler=False``."""
+        if not self.shard_evaluation or self.trainer is None or self.trainer.world_size == 1:
+            return None
+        return DistributedSampler(
+            dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
+        )
+
     def _eval_dataloader(self, split: str) -> DataLoader:
-        # Lightning adds a DistributedSampler (no shuffle, padded with repeats) when distributed
+        dataset = self._dataset(split)
         return DataLoader(
-            self._dataset(split),
+            dataset,
             batch_size=self.eval_batch_size,
             shuffle=False,
+            sampler=self.eval_sampler(dataset),
             num_workers=self.num_workers,
-            collate_fn=self.collator,
+            collate_fn=self.eval_collate_fn(),
             pin_memory=self.pin_memory,
         )
 

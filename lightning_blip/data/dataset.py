@@ -36,7 +36,73 @@ def seeded_rng(seed: int) -> Iterator[None]:
             random.setstate(python_state)
 
 
-class ImageTextDataset(Dataset):
+class SkippingImageDataset(Dataset):
+    """Base of the image datasets: unreadable images are skipped with a warning and counted.
+
+    Subclasses implement ``__len__`` and ``_load(index, seed)``, which reads its image through
+    :meth:`_read_image` and returns ``None`` when that fails.
+
+    Args:
+        image_root: folder the records' image paths are relative to.
+        transform: PIL image -> ``(3, H, W)`` tensor.
+        substitute_corrupt: replace an unreadable item by the next readable one (training) instead
+            of returning ``None`` (evaluation, where the collator drops it).
+        max_substitutions: give up (return ``None``) after this many unreadable items in a row.
+    """
+
+    def __init__(
+        self,
+        image_root: str | Path,
+        transform: Callable[[Image.Image], torch.Tensor],
+        substitute_corrupt: bool = False,
+        max_substitutions: int = 16,
+    ) -> None:
+        self.image_root = Path(image_root)
+        self.transform = transform
+        self.substitute_corrupt = substitute_corrupt
+        self.max_substitutions = max_substitutions
+        self.num_skipped = 0  # this process only; the collator reports skips per batch
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _load(self, index: int, seed: int | None) -> dict[str, Any] | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        """``key`` is an index or ``(index, seed)``; with a seed the augmentation depends on nothing else.
+
+        Returns the subclass's item plus ``"num_skipped"``. When the image cannot be read or
+        transformed it is skipped with a warning: with ``substitute_corrupt`` the next readable item
+        takes its place (so every rank keeps the same batch size, which gathers across ranks need),
+        else the result is ``None``.
+        """
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        tries = min(len(self), self.max_substitutions + 1) if self.substitute_corrupt else 1
+        for skipped in range(tries):
+            item = self._load((index + skipped) % len(self), seed)
+            if item is not None:
+                item["num_skipped"] = skipped
+                return item
+        return None
+
+    def _read_image(self, relpath: str | Path, index: int, seed: int | None) -> torch.Tensor | None:
+        """The transformed image at ``image_root / relpath``, or ``None`` (warned, counted) if unreadable."""
+        path = self.image_root / relpath
+        try:
+            with Image.open(path) as file:
+                file.load()
+                if seed is None:
+                    return self.transform(file)
+                with seeded_rng(seed):
+                    return self.transform(file)
+        except Exception as err:  # noqa: BLE001 -- a bad image is skipped, whatever the error
+            self.num_skipped += 1
+            log.warning("skipping image %s (item %d): %s: %s", path, index, type(err).__name__, err)
+            return None
+
+
+class ImageTextDataset(SkippingImageDataset):
     """One item per (record, caption) pair.
 
     Args:
@@ -61,54 +127,24 @@ class ImageTextDataset(Dataset):
         substitute_corrupt: bool = False,
         max_substitutions: int = 16,
     ) -> None:
+        super().__init__(image_root, transform, substitute_corrupt, max_substitutions)
         self.records = list(records)
-        self.substitute_corrupt = substitute_corrupt
-        self.max_substitutions = max_substitutions
-        self.image_root = Path(image_root)
-        self.transform = transform
         self.max_words = max_words
         self.pairs = expand_captions(self.records)
         dense: dict[str, int] = {}
         record_ids = [dense.setdefault(record.image_id, len(dense)) for record in self.records]
         self.image_ids = [record_ids[r] for r, _ in self.pairs]
         self.num_images = len(dense)
-        self.num_skipped = 0  # this process only; the collator reports skips per batch
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
-        """``key`` is an index or ``(index, seed)``; with a seed the augmentation depends on nothing else.
-
-        Returns ``{"image": (3, H, W), "caption": str, "image_id": int, "index": int,
-        "num_skipped": int}``. When the image cannot be read or transformed it is skipped with a
-        warning: with ``substitute_corrupt`` the next readable item takes its place (so every rank
-        keeps the same batch size, which gathers across ranks need), else the result is ``None``.
-        """
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        tries = min(len(self), self.max_substitutions + 1) if self.substitute_corrupt else 1
-        for skipped in range(tries):
-            item = self._load((index + skipped) % len(self), seed)
-            if item is not None:
-                item["num_skipped"] = skipped
-                return item
-        return None
-
     def _load(self, index: int, seed: int | None) -> dict[str, Any] | None:
+        """``{"image": (3, H, W), "caption": str, "image_id": int, "index": int}`` or ``None``."""
         record_index, caption_index = self.pairs[index]
         record = self.records[record_index]
-        path = self.image_root / record.image
-        try:
-            with Image.open(path) as file:
-                file.load()
-                if seed is None:
-                    image = self.transform(file)
-                else:
-                    with seeded_rng(seed):
-                        image = self.transform(file)
-        except Exception as err:  # noqa: BLE001 -- a bad image is skipped, whatever the error
-            self.num_skipped += 1
-            log.warning("skipping image %s (item %d): %s: %s", path, index, type(err).__name__, err)
+        image = self._read_image(record.image, index, seed)
+        if image is None:
             return None
         return {
             "image": image,

@@ -156,3 +156,63 @@ def write_easy_vqa_captions(out_dir: str | Path, with_size: bool = True) -> dict
             {split: str(path), f"num_{split}": len(records), f"dropped_{split}": len(paths) - len(records)}
         )
     return result
+
+
+EASY_VQA_IMAGE_TEMPLATE = "{subtype}/images/{image_id}.png"
+"""Where a VQAv2-layout easy-VQA question's image lies under :func:`easy_vqa_image_root`."""
+
+ANNOTATORS = 10  # VQAv2 has 10 human answers per question
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)  # atomic: a crash never leaves a half-written file
+
+
+def write_easy_vqa_vqav2(out_dir: str | Path) -> dict[str, Any]:
+    """Write easy-VQA in the VQAv2 layout, plus its answer list, into ``out_dir``.
+
+    Files: ``{split}_questions.json`` (``data_subtype`` = the split, ``image_id`` = the image
+    number), ``{split}_annotations.json`` (the answer repeated for all 10 annotators, so that the
+    official VQA accuracy of a correct answer is 1; ``answer_type`` ``yes/no`` or ``other``) and
+    ``answer_list.json`` (the 13 answers). Images stay in the package: image root
+    :func:`easy_vqa_image_root`, path template :data:`EASY_VQA_IMAGE_TEMPLATE`.
+
+    Returns ``{"image_root", "image_template", "answer_list", "<split>_questions",
+    "<split>_annotations", "num_<split>"}`` (paths as strings).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "image_root": str(easy_vqa_image_root()),
+        "image_template": EASY_VQA_IMAGE_TEMPLATE,
+    }
+    for split in SPLITS:
+        questions, _ = _split_data(split)
+        entries = [
+            {"question_id": i, "image_id": n, "question": question}
+            for i, (question, _, n) in enumerate(questions)
+        ]
+        annotations = [
+            {
+                "question_id": i,
+                "image_id": n,
+                "answers": [{"answer": answer, "answer_id": j + 1} for j in range(ANNOTATORS)],
+                "multiple_choice_answer": answer,
+                "answer_type": "yes/no" if answer in ("yes", "no") else "other",
+            }
+            for i, (_, answer, n) in enumerate(questions)
+        ]
+        for kind, data in (
+            ("questions", {"data_subtype": split, "questions": entries}),
+            ("annotations", {"data_subtype": split, "annotations": annotations}),
+        ):
+            path = out_dir / f"{split}_{kind}.json"
+            _write_json(path, data)
+            result[f"{split}_{kind}"] = str(path)
+        result[f"num_{split}"] = len(entries)
+    answer_list = out_dir / "answer_list.json"
+    _write_json(answer_list, sorted(_easy_vqa().get_answers()))
+    result["answer_list"] = str(answer_list)
+    return result

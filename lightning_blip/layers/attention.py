@@ -73,6 +73,8 @@ class MultiHeadAttention(nn.Module):
         Keys/values come from ``kv`` if given, else from ``context`` (cross-attention), else from
         ``x`` (self-attention), appended to ``past_kv`` when decoding with a cache.
         ``attn_mask`` is boolean, True = attend, broadcastable to ``(B, H, L, S)``.
+        Given ``kv`` with ``B / G`` rows (``G`` > 1), each holds the keys/values of ``G`` consecutive
+        rows of ``x`` (the beams of one image): they are shared, not copied per row.
         Returns the output ``(B, L, D)`` and the keys/values used (for caching).
         """
         q = self.query(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
@@ -83,6 +85,25 @@ class MultiHeadAttention(nn.Module):
         k, v = kv
         if q.dtype != k.dtype:  # cached keys from another precision (autocast on/off)
             k, v = k.to(q.dtype), v.to(q.dtype)
+        groups = q.shape[0] // max(1, k.shape[0])
+        if q.shape[0] != k.shape[0]:
+            shared_mask = attn_mask is None or (
+                attn_mask.shape[-2] == 1 and attn_mask.shape[0] in (1, k.shape[0])
+            )
+            if q.shape[0] != groups * k.shape[0] or not shared_mask:
+                raise ValueError(
+                    f"{k.shape[0]} rows of keys/values for {q.shape[0]} query rows: need a multiple, "
+                    "and a mask (if any) with one row per key/value row and one query position"
+                )
+            # (G*Bk, H, L, Dh) -> (Bk, H, G*L, Dh): the G rows that share keys/values become one row
+            q = q.unflatten(0, (k.shape[0], groups)).transpose(1, 2).flatten(2, 3)
+        out = self._attend(q, k, v, attn_mask)
+        if groups > 1:
+            out = out.unflatten(2, (groups, -1)).transpose(1, 2).flatten(0, 1)
+        return out.transpose(1, 2).flatten(2), kv
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """Scaled dot-product attention ``(B, H, L, Dh)`` x ``(B, H, S, Dh)`` -> ``(B, H, L, Dh)``."""
         dropout = self.dropout if self.training else 0.0
         if dropout > 0 and q.device.type == "cpu":
             # SDPA has no fused CPU kernel with dropout and its fallback is slower than this form
@@ -93,7 +114,7 @@ class MultiHeadAttention(nn.Module):
             out = probs @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
-        return out.transpose(1, 2).flatten(2), kv
+        return out
 
 
 class AttentionSublayer(nn.Module):

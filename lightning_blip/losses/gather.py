@@ -93,3 +93,18 @@ def all_reduce_max(value: int, device: torch.device) -> int:
 def pad_to(x: Tensor, length: int, value: int) -> Tensor:
     """Right-pad ``(B, L)`` to ``(B, length)`` with ``value``."""
     return torch.nn.functional.pad(x, (0, length - x.shape[1]), value=value)
+
+
+def all_gather_rows(x: Tensor) -> Tensor:
+    """Concatenate ``x`` ``(B_rank, ...)`` from every rank along dim 0 when B differs per rank, no gradient.
+
+    Returns ``(sum of B_rank, ...)`` in rank order; the trailing dimensions must agree.
+    """
+    _, world = rank_and_world()
+    if world == 1:
+        return x.detach()
+    sizes = all_gather_no_grad(torch.tensor([x.shape[0]], device=x.device)).tolist()
+    padded = x.detach().new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.shape[0]] = x.detach()
+    gathered = all_gather_no_grad(padded).unflatten(0, (world, max(sizes)))
+    return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])

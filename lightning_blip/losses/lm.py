@@ -41,3 +41,19 @@ def lm_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.1, reduct
     """
     scored = scored_positions(labels)
     return token_cross_entropy(logits[:, :-1][scored], labels[:, 1:][scored], label_smoothing, reduction)
+
+
+def sequence_lm_loss(
+    scored_logits: Tensor, labels: Tensor, label_smoothing: float = 0.1, scored: Tensor | None = None
+) -> Tensor:
+    """Next-token cross entropy summed over each sequence's scored tokens ``(B,)``.
+
+    BLIP's ``reduction='none'`` (VQA answers and candidate ranking). ``scored_logits`` ``(T, V)``
+    are the logits at the scored positions only, ``hidden[:, :-1][scored_positions(labels)]``
+    through the LM head, so the head never runs on padding; ``labels`` ``(B, L)`` with -100 where
+    not scored.
+    """
+    scored = scored_positions(labels) if scored is None else scored
+    token_losses = token_cross_entropy(scored_logits, labels[:, 1:][scored], label_smoothing, "none")
+    rows = scored.nonzero()[:, 0]
+    return token_losses.new_zeros(labels.shape[0]).index_add_(0, rows, token_losses)

@@ -48,13 +48,19 @@ def recall_at_1(
     }
 
 
-def retrieval_recall(sim_i2t: Tensor, txt2img: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+def retrieval_recall(
+    sim_i2t: Tensor, txt2img: Tensor, ks: tuple[int, ...] = (1, 5, 10), sim_t2i: Tensor | None = None
+) -> dict[str, float]:
     """COCO / Flickr30k retrieval report (hit rates, as LAVIS's ``_report_metrics`` computes them).
 
     Args:
         sim_i2t: ``(N_img, N_txt)`` scores of every image against every text (ITC, or ITM re-ranked).
         txt2img: ``(N_txt,)`` the index (row of ``sim_i2t``) of each text's image; every image needs
             at least one text.
+        ks: the cut-offs K.
+        sim_t2i: ``(N_img, N_txt)`` scores for text-to-image retrieval (ranked down each column),
+            when they differ from ``sim_i2t``: ITM re-ranking re-scores each text's top-k images,
+            not each image's top-k texts. Default: ``sim_i2t``.
 
     Returns fractions in ``[0, 1]``: ``txt_r{k}`` (image-to-text: images with any of their texts in
     the top k), ``img_r{k}`` (text-to-image: texts whose image is in the top k), their means
@@ -67,11 +73,16 @@ def retrieval_recall(sim_i2t: Tensor, txt2img: Tensor, ks: tuple[int, ...] = (1,
         raise ValueError(f"txt2img must have shape ({n_txt},), got {tuple(txt2img.shape)}")
     if torch.bincount(txt2img, minlength=n_img).min() == 0 or txt2img.max() >= n_img:
         raise ValueError("every image needs at least one text and txt2img must index rows of sim_i2t")
-    own = sim_i2t[txt2img, torch.arange(n_txt, device=sim_i2t.device)]  # (N_txt,) text vs its image
+    if sim_t2i is not None and sim_t2i.shape != sim_i2t.shape:
+        raise ValueError(f"sim_t2i must have shape {tuple(sim_i2t.shape)}, got {tuple(sim_t2i.shape)}")
+    columns = torch.arange(n_txt, device=sim_i2t.device)
+    own = sim_i2t[txt2img, columns]  # (N_txt,) text vs its image
     best_own = torch.full((n_img,), -torch.inf, dtype=own.dtype, device=own.device)
     best_own = best_own.scatter_reduce(0, txt2img, own, reduce="amax")  # (N_img,) best own text
     txt_rank = (sim_i2t > best_own[:, None]).sum(dim=1)  # (N_img,) rank of the first own text
-    img_rank = (sim_i2t > own[None, :]).sum(dim=0)  # (N_txt,) rank of the text's image
+    sim_t2i = sim_i2t if sim_t2i is None else sim_t2i.to(sim_i2t.device)
+    own_t2i = sim_t2i[txt2img, columns]
+    img_rank = (sim_t2i > own_t2i[None, :]).sum(dim=0)  # (N_txt,) rank of the text's image
     out = {f"txt_r{k}": (txt_rank < k).double().mean().item() for k in ks}
     out |= {f"img_r{k}": (img_rank < k).double().mean().item() for k in ks}
     out["txt_r_mean"] = sum(out[f"txt_r{k}"] for k in ks) / len(ks)

@@ -2,7 +2,9 @@
 
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.blip_pretraining import BlipForPretraining
+from lightning_blip.models.blip_vqa import BlipVQA, QuestionStates
 from lightning_blip.models.med import MEDConfig, MEDTextModel
+from lightning_blip.models.retrieval import RerankedScores, RetrievalMixin, rerank, score_pairs, topk_masks
 from lightning_blip.models.tokenizer import build_tokenizer
 from lightning_blip.models.vision import VisionConfig, VisionEncoder
 
@@ -10,9 +12,16 @@ __all__ = [
     "BlipConfig",
     "BlipForPretraining",
     "BlipModel",
+    "BlipVQA",
     "MEDConfig",
     "MEDTextModel",
+    "QuestionStates",
+    "RerankedScores",
+    "RetrievalMixin",
     "VisionConfig",
     "VisionEncoder",
     "build_tokenizer",
+    "rerank",
+    "score_pairs",
+    "topk_masks",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 from lightning_blip.layers.attention import KeyValue
 from lightning_blip.layers.heads import LMHead
 from lightning_blip.models.med import LayerCache, MEDConfig, MEDTextModel
+from lightning_blip.models.retrieval import RetrievalMixin
 from lightning_blip.models.vision import VisionConfig, VisionEncoder
 
 
@@ -47,10 +49,11 @@ class BlipConfig:
         return cls(vision=vision, text=text, **values)
 
 
-class BlipModel(nn.Module):
+class BlipModel(RetrievalMixin, nn.Module):
     """BLIP MED: one set of weights for the unimodal encoders, the image-grounded encoder and decoder.
 
-    No Lightning here: use it directly for feature extraction, ITM scoring or captioning.
+    No Lightning here: use it directly for feature extraction, retrieval (``itc_similarity``,
+    ``itm_score``, :func:`~lightning_blip.models.retrieval.rerank`) or captioning.
     """
 
     def __init__(self, config: BlipConfig | None = None) -> None:
@@ -100,6 +103,14 @@ class BlipModel(nn.Module):
     def encode_image(self, pixel_values: Tensor, normalize: bool = True) -> Tensor:
         """Images ``(B, 3, H, W)`` -> ITC features ``(B, E)``."""
         return self.image_features(self.forward_image(pixel_values), normalize)
+
+    def encode_image_embeds(self, image_embeds: Tensor, normalize: bool = True) -> Tensor:
+        """Image tokens ``(B, 1 + N, Dv)`` from :meth:`forward_image` -> ITC features ``(B, E)``."""
+        return self.image_features(image_embeds, normalize)
+
+    def similarity(self, image_feats: Tensor, text_feats: Tensor) -> Tensor:
+        """ITC similarity ``(I, T)`` of features ``(I, E)`` and ``(T, E)`` (before the temperature)."""
+        return image_feats @ text_feats.t()
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
         """Token ids ``(B, L)`` ([CLS] first) -> ITC features ``(B, E)``."""
@@ -193,17 +204,107 @@ class BlipModel(nn.Module):
         pixel_values: Tensor,
         tokenizer,
         prompt: str = "a picture of ",
+        num_beams: int = 3,
         max_length: int = 20,
         min_length: int = 5,
+        length_penalty: float = 1.0,
+        repetition_penalty: float = 1.0,
+        top_p: float | None = None,
+        top_k: int = 50,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> list[str]:
-        """Caption images ``(B, 3, H, W)`` greedily (prompt "a picture of ", as BLIP's captioner)."""
-        from lightning_blip.models.generation import decode_captions, greedy_decode
+        """Caption images ``(B, 3, H, W)`` -> ``B`` strings without the prompt.
+
+        Defaults are BLIP's COCO captioner: prompt "a picture of ", beam search with 3 beams, at
+        most 20 and at least 5 tokens counting [DEC] and the prompt. ``top_p`` set: nucleus sampling
+        instead (``num_beams`` ignored, as BLIP's ``generate(sample=True)``); BLIP samples with
+        ``top_p=0.9`` and a hard-coded ``repetition_penalty=1.1`` (LAVIS: 1.0), and inherits
+        transformers' default ``top_k=50`` (0 turns it off). See
+        :func:`~lightning_blip.models.generation.generate_ids` for the exact semantics.
+        """
+        from lightning_blip.models.generation import decode_captions, generate_ids
 
         image_embeds = self.forward_image(pixel_values)
         prompt_ids = tokenizer([prompt] * len(pixel_values), return_tensors="pt").input_ids[:, :-1]
-        ids = greedy_decode(self, image_embeds, prompt_ids.to(pixel_values.device), max_length, min_length)
+        sample = top_p is not None
+        ids = generate_ids(
+            self,
+            image_embeds,
+            prompt_ids.to(pixel_values.device),
+            num_beams=1 if sample else num_beams,
+            max_length=max_length,
+            min_length=min_length,
+            length_penalty=length_penalty,
+            repetition_penalty=repetition_penalty,
+            do_sample=sample,
+            top_p=top_p if sample else 1.0,
+            top_k=top_k if sample else 0,
+            temperature=temperature,
+            generator=generator,
+            use_cache=use_cache,
+        )
         return decode_captions(tokenizer, ids, prompt)
 
     def start_decoding(self, image_embeds: Tensor) -> list[LayerCache]:
         """An empty decoding cache holding the image's cross-attention keys/values."""
         return [LayerCache(None, kv) for kv in self.image_kv(image_embeds)]
+
+    # captioning loss and initialisation --------------------------------------------------------
+    def lm_loss(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        image_embeds: Tensor | None = None,
+        image_kv: list[KeyValue] | None = None,
+        prompt_length: int = 0,
+        label_smoothing: float = 0.1,
+    ) -> tuple[Tensor, Tensor]:
+        """Decoder cross entropy of captions ``(B, L)``: ``(sum over scored tokens, their count)``.
+
+        Padding and the first ``prompt_length`` tokens are not scored (BLIP's captioner: "[DEC] a
+        picture of" = 4); label smoothing 0.1 as BLIP's decoder. The LM head runs on scored
+        positions only. Divide the sum by the count (gathered over ranks) for the mean.
+        """
+        from lightning_blip.losses.lm import lm_labels, scored_positions, token_cross_entropy
+
+        labels = lm_labels(input_ids, attention_mask, prompt_length)
+        scored = scored_positions(labels)
+        hidden = self.decoder_states(input_ids, attention_mask, image_embeds, image_kv)
+        logits = self.lm_head(hidden[:, :-1][scored])
+        total = token_cross_entropy(logits, labels[:, 1:][scored], label_smoothing, reduction="sum")
+        return total, scored.sum()
+
+    def load_pretrained(self, source: str | Path | dict[str, Tensor]) -> list[str]:
+        """Initialise every weight from a pretrained MED; returns the source keys not used.
+
+        ``source``: a weights file (safetensors or torch, a Lightning checkpoint included) or a state
+        dict with :class:`BlipModel` keys, possibly under ``model.blip.`` (``MEDPretrain``) or
+        ``model.`` (a fine-tuning task). The ViT's position embeddings are interpolated to this
+        image size (224-px pretraining -> 384-px fine-tuning). Momentum encoders and queues of a
+        pretraining checkpoint are among the unused keys.
+
+        Raises:
+            KeyError: a weight of this model is missing from ``source`` (named).
+            ValueError: a text-side weight has another shape (key and both shapes named).
+        """
+        from lightning_blip.models.checkpoint_io import load_state_dict_file
+
+        state = source if isinstance(source, dict) else load_state_dict_file(source)
+        state = {k.removeprefix("model.").removeprefix("blip."): v for k, v in state.items()}
+        prefix = "visual_encoder."
+        vision = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        self.visual_encoder.load_vit_state_dict(vision, strict=True, source="pretrained weights")
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith(prefix)}
+        missing = [k for k in own if k not in state]
+        if missing:
+            raise KeyError(f"pretrained weights lack {len(missing)} keys, e.g. {missing[:5]}")
+        for key, value in own.items():
+            if state[key].shape != value.shape:
+                raise ValueError(
+                    f"pretrained weight {key!r} has shape {tuple(state[key].shape)}, "
+                    f"this model's has {tuple(value.shape)}"
+                )
+        self.load_state_dict({k: state[k] for k in own}, strict=False)
+        return sorted(k for k in state if k not in own and not k.startswith(prefix))

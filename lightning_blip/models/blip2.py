@@ -12,6 +12,7 @@ from lightning_blip.layers.attention import KeyValue
 from lightning_blip.layers.heads import LMHead
 from lightning_blip.losses.itc import max_query_similarity
 from lightning_blip.models.qformer import QFormer, QFormerConfig, QFormerOutput
+from lightning_blip.models.retrieval import RetrievalMixin
 from lightning_blip.models.vision import VisionConfig, VisionEncoder
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -111,10 +112,11 @@ class FrozenAwareImageEncoder(nn.Module):
         return self.ln_vision(features.float())
 
 
-class Blip2Model(nn.Module):
+class Blip2Model(RetrievalMixin, nn.Module):
     """BLIP-2 stage 1: frozen ViT, ``ln_vision``, Q-Former, ITC projections, ITM head, ITG LM head.
 
-    No Lightning here: use it for query features, ITC similarities and ITM scores.
+    No Lightning here: use it for query features, ITC similarities and ITM scores (``itc_similarity``,
+    ``itm_score``, :func:`~lightning_blip.models.retrieval.rerank`).
     """
 
     def __init__(self, config: Blip2Config | None = None) -> None:
@@ -171,9 +173,11 @@ class Blip2Model(nn.Module):
 
     def encode_image(self, pixel_values: Tensor, normalize: bool = True) -> Tensor:
         """Images ``(B, 3, H, W)`` -> per-query ITC features ``(B, Q, E)``."""
-        return self.image_features(
-            self.query_output(self.forward_image(pixel_values)).last_hidden_state, normalize
-        )
+        return self.encode_image_embeds(self.forward_image(pixel_values), normalize)
+
+    def encode_image_embeds(self, image_embeds: Tensor, normalize: bool = True) -> Tensor:
+        """Image features ``(B, 1 + N, Dv)`` from :meth:`forward_image` -> per-query ITC features ``(B, Q, E)``."""
+        return self.image_features(self.query_output(image_embeds).last_hidden_state, normalize)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
         """Token ids ``(B, L)`` ([CLS] first) -> ITC features ``(B, E)``."""

@@ -22,6 +22,7 @@ from lightning_blip.models.med import MEDTextModel
 from lightning_blip.models.vision import VisionEncoder
 
 Positives = Literal["pair", "image_id", "caption"]
+MiningFeatures = Literal["momentum", "online"]
 
 
 class PretrainingOutput(NamedTuple):
@@ -76,6 +77,11 @@ class BlipForPretraining(PositivePairs, nn.Module):
         positives: which keys are ITC positives of a pair: ``"pair"`` (its own, BLIP
             pretraining), ``"image_id"`` (every pair of the same image, BLIP retrieval) or
             ``"caption"`` (every pair with the same text, for data whose captions repeat).
+        lm_loss: compute the LM loss. False skips the decoder pass, returns ``loss_lm`` = 0 and
+            fixes :meth:`decoder_parameters`: ITC + ITM only, as BLIP's retrieval fine-tuning.
+        mining_features: the ITC features whose similarities weight the ITM hard negatives:
+            ``"momentum"`` (the online query against the momentum features of the pool, BLIP
+            pretraining) or ``"online"`` (online features on both sides, BLIP retrieval).
     """
 
     def __init__(
@@ -84,10 +90,16 @@ class BlipForPretraining(PositivePairs, nn.Module):
         queue_size: int = 57600,
         gather_keys: bool = True,
         positives: Positives = "pair",
+        lm_loss: bool = True,
+        mining_features: MiningFeatures = "momentum",
     ) -> None:
         super().__init__()
         if positives not in ("pair", "image_id", "caption"):
             raise ValueError(f"positives must be 'pair', 'image_id' or 'caption', got {positives!r}")
+        if mining_features not in ("momentum", "online"):
+            raise ValueError(f"mining_features must be 'momentum' or 'online', got {mining_features!r}")
+        self.lm_loss = lm_loss
+        self.mining_features = mining_features
         self.blip = BlipModel(config)
         config = self.blip.config
         self.queue_size = queue_size
@@ -99,12 +111,33 @@ class BlipForPretraining(PositivePairs, nn.Module):
         self.text_proj_m = nn.Linear(config.text.hidden_size, config.embed_dim)
         for module in self.momentum_modules().values():
             module.requires_grad_(False)
+        if not lm_loss:
+            for param in self.decoder_parameters():
+                param.requires_grad_(False)
         self.copy_to_momentum()
         E = config.embed_dim
         self.register_buffer("image_queue", F.normalize(torch.randn(E, queue_size), dim=0))
         self.register_buffer("text_queue", F.normalize(torch.randn(E, queue_size), dim=0))
         self.register_buffer("id_queue", torch.full((queue_size,), -100, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters only the LM loss uses: the decoder's causal self-attention and the LM head (its
+        output weight is the word embedding, shared, so not included). Fixed when ``lm_loss=False``,
+        which DDP needs (every trainable parameter must get a gradient)."""
+        blip = self.blip
+        params = [
+            p
+            for layer in blip.text.layers
+            if layer.decoder_self_attn is not None
+            for p in layer.decoder_self_attn.parameters()
+        ]
+        params += [
+            *blip.lm_head.dense.parameters(),
+            *blip.lm_head.norm.parameters(),
+            blip.lm_head.decoder.bias,
+        ]
+        return params
 
     # momentum encoders ---------------------------------------------------------------------------
     def momentum_modules(self) -> dict[str, nn.Module]:
@@ -219,22 +252,18 @@ class BlipForPretraining(PositivePairs, nn.Module):
 
         # ITM with hard negatives mined from the ITC similarities of the local or global batch
         with torch.no_grad():
-            if sampler.pool == "global":
-                pool_image_keys, pool_text_keys, pool_ids, pool_offset = (
-                    image_m_all,
-                    text_m_all,
-                    ids_all,
-                    rank * B,
-                )
+            global_pool = sampler.pool == "global"
+            if self.mining_features == "online":  # BLIP retrieval: online features on both sides
+                pool_image, pool_text = image_feat.detach(), text_feat.detach()
+                if global_pool:
+                    pool_image, pool_text = all_gather_no_grad(pool_image), all_gather_no_grad(pool_text)
+            elif global_pool:
+                pool_image, pool_text = image_m_all, text_m_all
             else:
-                pool_image_keys, pool_text_keys, pool_ids, pool_offset = (
-                    image_feat_m,
-                    text_feat_m,
-                    ids_or_zeros,
-                    0,
-                )
-            sim_i2t = image_feat @ pool_text_keys.t() / temp
-            sim_t2i = text_feat @ pool_image_keys.t() / temp
+                pool_image, pool_text = image_feat_m, text_feat_m
+            pool_ids, pool_offset = (ids_all, rank * B) if global_pool else (ids_or_zeros, 0)
+            sim_i2t = image_feat @ pool_text.t() / temp
+            sim_t2i = text_feat @ pool_image.t() / temp
             if ids is None:
                 positive = torch.zeros_like(sim_i2t, dtype=torch.bool)
                 positive[torch.arange(B), pool_offset + torch.arange(B)] = True
@@ -256,6 +285,15 @@ class BlipForPretraining(PositivePairs, nn.Module):
             blip.config.pad_token_id,
         )
         loss_itm = itm_loss(blip.itm_logits(itm_ids, itm_mask, image_kv=itm_kv), num_positives=B)
+        if not self.lm_loss:
+            return PretrainingOutput(
+                loss_itc,
+                loss_itm,
+                loss_itc.new_zeros(()),
+                temp.detach().squeeze(),
+                neg_text_idx,
+                neg_image_idx,
+            )
 
         # LM, normalised by the number of scored tokens over all ranks so W ranks equal one rank
         # the LM head (vocabulary-wide) runs on scored positions only, not on padding

@@ -1,54 +1,113 @@
-"""Caption decoding on the KV cache (image cross-attention keys/values computed once per image)."""
+"""Caption decoding: greedy, beam search and nucleus sampling in one loop, on the KV cache.
+
+The image's cross-attention keys/values are computed once per image and shared by its beams: they
+are neither copied per beam nor re-indexed per step (only when an image finishes and leaves the
+batch). The self-attention cache is re-indexed by beam. ``use_cache=False`` recomputes everything
+each step instead (the whole prefix, and the image keys/values of every row), for comparison.
+
+Semantics are those of transformers 4.15's ``generate``, which BLIP's captioner called:
+
+- ``max_length`` and ``min_length`` count every token, prompt included ([DEC] a picture of = 4);
+  [SEP] is suppressed while the sequence is shorter than ``min_length``.
+- Greedy and sampling process the logits; beam search processes log-probabilities (log-softmax),
+  as transformers does. ``repetition_penalty`` divides the positive and multiplies the negative
+  scores of every token already in the sequence (prompt included).
+- Beam search keeps the ``2 * num_beams`` best continuations of each image; those ending in [SEP]
+  among the first ``num_beams`` become finished hypotheses scored ``sum_logprobs / length **
+  length_penalty``, with ``length`` the tokens before [SEP] (prompt included); the others continue.
+  An image is done once it has ``num_beams`` hypotheses and none of its running beams could beat
+  the worst of them (``best running sum / current length ** length_penalty``, transformers'
+  ``early_stopping=False``); at ``max_length`` the running beams join the hypotheses.
+  Later transformers (5.x, checked) count ``length`` as the generated tokens only, [SEP] included:
+  with the default length penalty 1.0 the two can rank hypotheses differently.
+- Sampling: temperature, then top-k, then top-p (the smallest set of most likely tokens whose
+  probability reaches ``top_p``), then one draw from ``generator``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from lightning_blip.models.med import LayerCache
 
 if TYPE_CHECKING:
     from lightning_blip.models.blip import BlipModel
 
 
 @torch.no_grad()
-def greedy_decode(
+def generate_ids(
     model: BlipModel,
-    image_embeds: Tensor,
+    image_embeds: Any,
     prompt_ids: Tensor,
+    num_beams: int = 1,
     max_length: int = 20,
     min_length: int = 5,
+    length_penalty: float = 1.0,
+    repetition_penalty: float = 1.0,
+    do_sample: bool = False,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> Tensor:
-    """Greedy decoding with a KV cache.
+    """Decode captions of ``B`` images (semantics in the module docstring).
 
     Args:
-        model: the MED model.
-        image_embeds: ``(B, 1 + N, Dv)`` image tokens.
-        prompt_ids: ``(B, P)`` prompt ids starting with [DEC] (any first id is replaced by [DEC]),
-            without a trailing [SEP].
-        max_length: most tokens in the result, prompt included (BLIP counts the same way).
-        min_length: [SEP] is suppressed until the sequence has this many tokens.
+        model: the MED model (in eval mode for deterministic results), or any model with
+            ``config`` (token ids), ``start_decoding(memory)`` and ``decode_step`` (as BlipVQA).
+        image_embeds: ``(B, 1 + N, Dv)`` image tokens, or the memory ``model.start_decoding`` takes.
+        prompt_ids: ``(B, P)`` prompt ids; the first is replaced by [DEC]; no trailing [SEP].
+        num_beams: beams per image (1: greedy, or sampling with ``do_sample``).
+        max_length: most tokens of a result, prompt included.
+        min_length: [SEP] is suppressed until a sequence has this many tokens, prompt included.
+        length_penalty: exponent of the length that divides a beam hypothesis's log-probability.
+        repetition_penalty: > 1 discourages tokens already in the sequence.
+        do_sample: sample (``num_beams`` must be 1) instead of taking the most likely token.
+        top_p: nucleus size for sampling (1.0: off).
+        top_k: sample among the ``top_k`` most likely tokens only (0: off).
+        temperature: divides the logits before sampling.
+        generator: random generator of the draws (reproducible sampling).
+        use_cache: decode on the KV cache; False recomputes every position each step.
 
     Returns:
-        ``(B, T)`` ids (prompt included); positions after [SEP] hold [PAD].
+        ``(B, T)`` ids, prompt included, each ending with [SEP] unless it reached ``max_length``;
+        [PAD] after the end.
     """
     cfg = model.config
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if do_sample and num_beams > 1:
+        raise ValueError("sampling draws one token per row: use num_beams=1 with do_sample")
     ids = prompt_ids.clone()
     ids[:, 0] = cfg.bos_token_id
-    cache = model.start_decoding(image_embeds)
-    mask = torch.ones_like(ids)
-    step_ids = ids
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    while ids.shape[1] < max_length and not done.all():
-        logits, cache = model.decode_step(step_ids, mask, cache)
-        if ids.shape[1] < min_length:
-            logits[:, cfg.sep_token_id] = float("-inf")
-        next_ids = logits.argmax(dim=-1).masked_fill(done, cfg.pad_token_id)
-        done |= next_ids == cfg.sep_token_id
-        step_ids = next_ids[:, None]
-        ids = torch.cat([ids, step_ids], dim=1)
-        mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
-    return ids
+    B = ids.shape[0]
+    if num_beams > 1:
+        search: _Search = _BeamSearch(B, cfg.sep_token_id, num_beams, length_penalty)
+    else:
+        search = _TokenSearch(B, cfg.sep_token_id, do_sample, top_p, top_k, temperature, generator)
+    decoder = _Decoder(model, image_embeds, B, use_cache)
+    images = torch.arange(B, device=ids.device)  # the image of each group of rows (rows grouped by image)
+    while ids.shape[1] < max_length and ids.shape[0] > 0:
+        logits = decoder.step(ids)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 or fp64
+        scores = logits.log_softmax(dim=-1) if num_beams > 1 else logits
+        scores = _process(scores, ids, repetition_penalty, min_length, cfg.sep_token_id)
+        rows, tokens, images = search.step(scores, ids, images)
+        ids = torch.cat([ids[rows], tokens[:, None]], dim=1)
+        decoder.keep(rows, images)
+    return search.result(ids, images, cfg.pad_token_id)
+
+
+def greedy_decode(
+    model: BlipModel, image_embeds: Any, prompt_ids: Tensor, max_length: int = 20, min_length: int = 5
+) -> Tensor:
+    """Greedy decoding on the KV cache: :func:`generate_ids` with one beam; ``(B, T)`` ids."""
+    return generate_ids(model, image_embeds, prompt_ids, max_length=max_length, min_length=min_length)
 
 
 def decode_captions(tokenizer, ids: Tensor, prompt: str = "") -> list[str]:
@@ -56,3 +115,230 @@ def decode_captions(tokenizer, ids: Tensor, prompt: str = "") -> list[str]:
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     prompt = prompt.strip()
     return [t[len(prompt) :].strip() if prompt and t.startswith(prompt) else t.strip() for t in texts]
+
+
+def _process(scores: Tensor, ids: Tensor, repetition_penalty: float, min_length: int, eos: int) -> Tensor:
+    """Repetition penalty on the tokens of ``ids`` ``(R, T)`` and [SEP] suppression: ``(R, V)``."""
+    if repetition_penalty != 1.0:
+        seen = scores.gather(1, ids)
+        penalised = torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty)
+        scores = scores.scatter(1, ids, penalised)
+    if ids.shape[1] < min_length:
+        scores[:, eos] = float("-inf")
+    return scores
+
+
+class _Decoder:
+    """Next-token logits of the running rows, on the KV cache or recomputing everything each step.
+
+    Rows come in equal groups, one per image still decoding (``R = G * k``); the image memory
+    (cross-attention keys/values, or the embeddings when recomputing) has one row per group.
+    """
+
+    def __init__(self, model: BlipModel, memory: Any, batch_size: int, use_cache: bool) -> None:
+        self.model, self.use_cache = model, use_cache
+        if use_cache:
+            self.cache: list[LayerCache] = model.start_decoding(memory)
+        elif not isinstance(memory, Tensor) or not hasattr(model, "decoder_states"):
+            raise ValueError("use_cache=False needs a model with decoder_states and image embeddings")
+        self.memory = memory
+        self.images = torch.arange(batch_size)
+        self.started = False
+
+    def step(self, ids: Tensor) -> Tensor:
+        """Running sequences ``(R, T)`` -> next-token logits ``(R, V)``."""
+        mask = torch.ones_like(ids)
+        if not self.use_cache:
+            embeds = self.memory.repeat_interleave(ids.shape[0] // self.memory.shape[0], dim=0)
+            hidden = self.model.decoder_states(ids, mask, image_embeds=embeds)
+            return self.model.lm_head(hidden[:, -1])
+        new_ids = ids[:, -1:] if self.started else ids  # the whole prompt first
+        logits, self.cache = self.model.decode_step(new_ids, mask, self.cache)
+        self.started = True
+        return logits
+
+    def keep(self, rows: Tensor, images: Tensor) -> None:
+        """Continue with rows ``rows`` of the last step, grouped under ``images`` (a subsequence)."""
+        shrunk = images.shape[0] != self.images.shape[0]  # an image finished: drop its memory
+        kept = torch.isin(self.images, images.cpu()).nonzero().squeeze(1) if shrunk else None
+        self.images = images.cpu()
+        if not self.use_cache:
+            if kept is not None:
+                self.memory = self.memory[kept.to(self.memory.device)]
+            return
+        rows_changed = not _is_identity(rows, self.cache[0].self_kv[0].shape[0])
+        if rows_changed or kept is not None:
+            self.cache = [self._index(c, rows if rows_changed else None, kept) for c in self.cache]
+
+    @staticmethod
+    def _index(cache: LayerCache, rows: Tensor | None, kept: Tensor | None) -> LayerCache:
+        """Self-attention rows ``rows`` and image memory rows ``kept`` of one layer's cache."""
+        fields = {}
+        if rows is not None:
+            fields["self_kv"] = (cache.self_kv[0][rows], cache.self_kv[1][rows])
+        if kept is not None:
+            kept = kept.to(cache.image_kv[0].device)
+            fields["image_kv"] = (cache.image_kv[0][kept], cache.image_kv[1][kept])
+            if getattr(cache, "image_mask", None) is not None:  # a padded memory (VQA questions)
+                fields["image_mask"] = cache.image_mask[kept]
+        return cache._replace(**fields)
+
+
+def _is_identity(rows: Tensor, size: int) -> bool:
+    return rows.shape[0] == size and bool((rows == torch.arange(size, device=rows.device)).all())
+
+
+class _Search:
+    """How the next tokens are chosen and where finished sequences go."""
+
+    def __init__(self, batch_size: int, eos: int) -> None:
+        self.eos = eos
+        self.finished: list[Tensor | None] = [None] * batch_size
+
+    def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Processed scores ``(R, V)`` of sequences ``ids`` ``(R, T)`` -> the rows that continue
+        ``(R',)``, their next tokens ``(R',)`` and the images of their groups."""
+        raise NotImplementedError
+
+    def result(self, ids: Tensor, images: Tensor, pad: int) -> Tensor:
+        """``(B, T)`` sequences padded with ``pad``, after the loop stopped with ``ids`` running."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _pad(sequences: list[Tensor], like: Tensor, pad: int) -> Tensor:
+        if not sequences:
+            return like[:0]
+        return pad_sequence(sequences, batch_first=True, padding_value=pad)
+
+
+class _TokenSearch(_Search):
+    """One row per image: the most likely token (greedy) or a sampled one; a row ends at [SEP]."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        eos: int,
+        do_sample: bool,
+        top_p: float,
+        top_k: int,
+        temperature: float,
+        generator: torch.Generator | None,
+    ) -> None:
+        super().__init__(batch_size, eos)
+        self.do_sample, self.top_p, self.top_k = do_sample, top_p, top_k
+        self.temperature, self.generator = temperature, generator
+
+    def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        tokens = self._sample(scores) if self.do_sample else scores.argmax(dim=-1)
+        ended = tokens == self.eos
+        for row in ended.nonzero().squeeze(1).tolist():
+            self.finished[int(images[row])] = torch.cat([ids[row], tokens[row : row + 1]])
+        rows = (~ended).nonzero().squeeze(1)
+        return rows, tokens[rows], images[rows]
+
+    def _sample(self, logits: Tensor) -> Tensor:
+        """Temperature, top-k, top-p, then one draw per row: ``(R, V)`` -> ``(R,)``."""
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        if self.top_k > 0:
+            kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            # drop a token once the tokens ranked above it already hold more than top_p
+            drop = torch.zeros_like(cumulative, dtype=torch.bool)
+            drop[:, 1:] = cumulative[:, :-1] > self.top_p
+            logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        probs = logits.softmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+    def result(self, ids: Tensor, images: Tensor, pad: int) -> Tensor:
+        for row, image in enumerate(images.tolist()):  # reached max_length
+            self.finished[image] = ids[row]
+        return self._pad(self.finished, ids, pad)
+
+
+class _Hypotheses:
+    """The best ``size`` finished sequences of one image, scored ``sum_logprobs / length ** penalty``."""
+
+    def __init__(self, size: int, length_penalty: float) -> None:
+        self.size, self.length_penalty = size, length_penalty
+        self.items: list[tuple[float, Tensor, bool]] = []  # (score, ids without [SEP], ended by [SEP])
+        self.worst = 1e9
+
+    def add(self, ids: Tensor, sum_logprobs: float, ended: bool) -> None:
+        score = sum_logprobs / ids.shape[0] ** self.length_penalty
+        if len(self.items) < self.size or score > self.worst:
+            self.items.append((score, ids, ended))
+            if len(self.items) > self.size:
+                # the first-added of the lowest scores goes, as transformers' sort does
+                del self.items[min(range(len(self.items)), key=lambda i: (self.items[i][0], i))]
+                self.worst = min(s for s, _, _ in self.items)
+            else:
+                self.worst = min(score, self.worst)
+
+    def is_done(self, best_running: float, length: int) -> bool:
+        """No running beam (best log-probability sum ``best_running``) can improve the set."""
+        return len(self.items) >= self.size and self.worst >= best_running / length**self.length_penalty
+
+    def best(self, eos: int) -> Tensor:
+        """The highest-scoring sequence (the last added among equals), with [SEP] if it ended so."""
+        _, ids, ended = max(reversed(self.items), key=lambda item: item[0])
+        return torch.cat([ids, ids.new_tensor([eos])]) if ended else ids
+
+
+class _BeamSearch(_Search):
+    """Beam search with ``num_beams`` beams per image (module docstring)."""
+
+    def __init__(self, batch_size: int, eos: int, num_beams: int, length_penalty: float) -> None:
+        super().__init__(batch_size, eos)
+        self.num_beams = num_beams
+        self.hypotheses = [_Hypotheses(num_beams, length_penalty) for _ in range(batch_size)]
+        self.beam_scores: Tensor | None = None  # (R,) log-probability sums of the running rows
+
+    def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        K, (R, V), length = self.num_beams, scores.shape, ids.shape[1]
+        G = images.shape[0]
+        k = R // G  # 1 at the first step (one prompt per image), then up to num_beams
+        if self.beam_scores is not None:
+            scores = scores + self.beam_scores[:, None]
+        top_scores, top = scores.view(G, k * V).topk(min(2 * K, k * V), dim=1)
+        parents = (top // V + torch.arange(G, device=top.device)[:, None] * k).tolist()
+        tokens, top_scores = (top % V).tolist(), top_scores.tolist()
+        rows, next_tokens, next_scores, kept = [], [], [], []
+        for g, image in enumerate(images.tolist()):
+            hypotheses = self.hypotheses[image]
+            running = []
+            for rank, (parent, token, score) in enumerate(zip(parents[g], tokens[g], top_scores[g])):
+                if token == self.eos:
+                    # only [SEP]s among the best num_beams count; a suppressed one never does
+                    if rank < K and score != float("-inf"):
+                        hypotheses.add(ids[parent], score, ended=True)
+                else:
+                    running.append((parent, token, score))
+                    if len(running) == K:
+                        break
+            if hypotheses.is_done(top_scores[g][0], length):
+                continue
+            kept.append(g)
+            for parent, token, score in running:
+                rows.append(parent)
+                next_tokens.append(token)
+                next_scores.append(score)
+        # every image keeps the same number of beams (fewer than num_beams only with a tiny vocabulary)
+        device = ids.device
+        self.beam_scores = torch.tensor(next_scores, dtype=scores.dtype, device=device)
+        return (
+            torch.tensor(rows, dtype=torch.long, device=device),
+            torch.tensor(next_tokens, dtype=torch.long, device=device),
+            images[torch.tensor(kept, dtype=torch.long, device=device)],
+        )
+
+    def result(self, ids: Tensor, images: Tensor, pad: int) -> Tensor:
+        if images.shape[0]:  # reached max_length: the running beams join the hypotheses
+            k = ids.shape[0] // images.shape[0]
+            scores = [0.0] * ids.shape[0] if self.beam_scores is None else self.beam_scores.tolist()
+            for row in range(ids.shape[0]):
+                self.hypotheses[int(images[row // k])].add(ids[row], scores[row], ended=False)
+        return self._pad([h.best(self.eos) for h in self.hypotheses], ids, pad)

@@ -43,6 +43,8 @@ class MEDConfig:
         encoder_width: width of the image tokens that cross-attention reads.
         cross_attention: layers have cross-attention to the image (False: a text-only encoder).
         decoder: layers have a second, causal self-attention for decoder mode.
+        encoder: layers have the bidirectional self-attention of the two encoder modes (False: a
+            decoder-only model, such as BLIP's VQA answer decoder).
         dropout: hidden dropout.
         attention_dropout: dropout on attention probabilities.
         layer_norm_eps: LayerNorm epsilon.
@@ -60,6 +62,7 @@ class MEDConfig:
     encoder_width: int = 768
     cross_attention: bool = True
     decoder: bool = True
+    encoder: bool = True
     dropout: float = 0.1
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
@@ -69,10 +72,15 @@ class MEDConfig:
 
 
 class LayerCache(NamedTuple):
-    """Per-layer decoding cache: growing self-attention keys/values and the image's fixed ones."""
+    """Per-layer decoding cache: growing self-attention keys/values and the image's fixed ones.
+
+    ``image_mask`` ``(B, N)`` (1 = attend) masks padded cross-attention memory, e.g. the question
+    states that BLIP's VQA answer decoder reads; None = attend to every memory token (images).
+    """
 
     self_kv: KeyValue | None
     image_kv: KeyValue | None
+    image_mask: Tensor | None = None
 
 
 class MEDOutput(NamedTuple):
@@ -117,7 +125,7 @@ class MEDLayer(nn.Module):
             "attention_dropout": config.attention_dropout,
             "eps": config.layer_norm_eps,
         }
-        self.self_attn = AttentionSublayer(D, H, **kw)
+        self.self_attn = AttentionSublayer(D, H, **kw) if config.encoder else None
         self.decoder_self_attn = AttentionSublayer(D, H, **kw) if config.decoder else None
         self.cross_attn = (
             AttentionSublayer(D, H, kv_dim=config.encoder_width, **kw) if config.cross_attention else None
@@ -132,21 +140,24 @@ class MEDLayer(nn.Module):
         image_kv: KeyValue | None,
         past_self_kv: KeyValue | None = None,
         first_token_only: bool = False,
+        image_mask: Tensor | None = None,
     ) -> tuple[Tensor, KeyValue]:
         """``(B, L, D)`` -> ``(B, L, D)`` and this layer's self-attention keys/values.
 
         ``first_token_only``: only position 0 is computed (its self-attention still reads every
-        position), giving ``(B, 1, D)``.
+        position), giving ``(B, 1, D)``. ``image_mask``: boolean ``(B, 1, 1, N)`` cross-attention mask.
         """
         if decoder and self.decoder_self_attn is None:
             raise ValueError("decoder mode needs MEDConfig(decoder=True)")
+        if not decoder and self.self_attn is None:
+            raise ValueError("the encoder modes need MEDConfig(encoder=True)")
         self_attn = self.decoder_self_attn if decoder else self.self_attn
         if first_token_only:
             x, self_kv = self_attn(x[:, :1], context=x, attn_mask=self_mask)
         else:
             x, self_kv = self_attn(x, past_kv=past_self_kv, attn_mask=self_mask)
         if image_kv is not None:
-            x, _ = self.cross_attn(x, kv=image_kv)
+            x, _ = self.cross_attn(x, kv=image_kv, attn_mask=image_mask)
         return self.ffn(x), self_kv
 
 
@@ -184,6 +195,7 @@ class MEDTextModel(nn.Module):
         cache: list[LayerCache] | None = None,
         use_cache: bool = False,
         first_token_only: bool = False,
+        image_mask: Tensor | None = None,
     ) -> MEDOutput:
         """Run the text transformer.
 
@@ -198,11 +210,14 @@ class MEDTextModel(nn.Module):
             first_token_only: the last layer computes position 0 only, so ``last_hidden_state`` is
                 ``(B, 1, D)``: for ITC and ITM, which read only the [CLS] / [ENC] state. Equal to
                 the full pass's first position and saves the last layer's work on the others.
+            image_mask: ``(B, N)`` 1 = attend, 0 = padding, over the cross-attention memory (None:
+                every token, as for images); taken from ``cache`` when decoding with one.
         """
         if first_token_only and (mode == "decoder" or cache is not None or use_cache):
             raise ValueError("first_token_only is for the encoder modes, without a cache")
         if cache is not None:
             image_kv = [c.image_kv for c in cache]
+            image_mask = cache[0].image_mask if image_mask is None else image_mask
         if mode != "text" and image_kv is None:
             if image_embeds is None:
                 raise ValueError(f"mode={mode!r} needs image_embeds, image_kv or a cache")
@@ -214,16 +229,17 @@ class MEDTextModel(nn.Module):
             mask = causal_padding_mask(attention_mask, input_ids.shape[1])
         else:
             mask = padding_mask(attention_mask)
+        cross_mask = padding_mask(image_mask) if image_mask is not None and mode != "text" else None
         new_cache: list[LayerCache] = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             layer_image_kv = image_kv[i] if mode != "text" else None
             past_kv = cache[i].self_kv if cache is not None else None
-            args = (x, mask, decoder, layer_image_kv, past_kv, first_token_only and i == last)
+            args = (x, mask, decoder, layer_image_kv, past_kv, first_token_only and i == last, cross_mask)
             if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x, self_kv = checkpoint(layer, *args, use_reentrant=False)
             else:
                 x, self_kv = layer(*args)
             if use_cache:
-                new_cache.append(LayerCache(self_kv, layer_image_kv))
+                new_cache.append(LayerCache(self_kv, layer_image_kv, image_mask))
         return MEDOutput(x, new_cache if use_cache else None)

@@ -69,7 +69,13 @@ class VisionEncoder(nn.Module):
 
     def load_weights(self, path: str | Path, strict: bool = True) -> None:
         """Load a local ViT state dict, interpolating position embeddings to this image size."""
-        state = load_state_dict_file(path)
+        self.load_vit_state_dict(load_state_dict_file(path), strict, source=str(path))
+
+    def load_vit_state_dict(self, state: dict, strict: bool = True, source: str = "state dict") -> None:
+        """Load ViT weights (keys with or without ``vit.``), interpolating position embeddings.
+
+        E.g. a 224-px pretrained ViT into a 384/480-px fine-tuning model.
+        """
         state = {k.removeprefix("vit."): v for k, v in state.items()}
         own = self.vit.state_dict()
         if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
@@ -83,7 +89,7 @@ class VisionEncoder(nn.Module):
         # blocks removed by ``num_removed_blocks`` are expected to be unused
         unexpected = [k for k in unexpected if not k.startswith("blocks.")]
         if strict and (missing or unexpected):
-            raise KeyError(f"vision weights {path}: missing keys {missing}, unexpected keys {unexpected}")
+            raise KeyError(f"vision weights {source}: missing keys {missing}, unexpected keys {unexpected}")
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) that take no weight decay."""

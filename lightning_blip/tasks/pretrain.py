@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
 from lightning_blip.losses.itm import NegativeSampler
 from lightning_blip.models.blip import BlipConfig
-from lightning_blip.models.blip_pretraining import BlipForPretraining, Positives
+from lightning_blip.models.blip_pretraining import BlipForPretraining, MiningFeatures, Positives
 from lightning_blip.models.checkpoint_io import load_state_dict_file
 from lightning_blip.tasks.base import BlipTask, default_optimizer
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
@@ -33,6 +33,8 @@ class MEDPretrain(ITCRetrievalEval, BlipTask):
             rank's only, as salesforce/BLIP does).
         positives: ITC positives, ``"pair"``, ``"image_id"`` or ``"caption"`` (see
             :class:`BlipForPretraining`).
+        lm_loss: train the decoder too (False: ITC + ITM only, as retrieval fine-tuning).
+        mining_features: ``"momentum"`` or ``"online"`` ITC features weight the ITM negatives.
         init_weights: optional local weights for the MED model (our checkpoint or a state dict).
         optimizer: optimiser callable (the recipe's ``optimizer:``).
         lr_scheduler: schedule callable (the recipe's ``lr_scheduler:``), stepped every step.
@@ -46,6 +48,8 @@ class MEDPretrain(ITCRetrievalEval, BlipTask):
         alpha_ramp_epochs: float = 2.0,
         gather_keys: bool = True,
         positives: Positives = "pair",
+        lm_loss: bool = True,
+        mining_features: MiningFeatures = "momentum",
         init_weights: str | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -56,7 +60,7 @@ class MEDPretrain(ITCRetrievalEval, BlipTask):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # plain dicts, so a checkpoint loads with torch.load(weights_only=True)
         self.hparams["config"] = asdict(config) if config is not None else None
-        self.model = BlipForPretraining(config, queue_size, gather_keys, positives)
+        self.model = BlipForPretraining(config, queue_size, gather_keys, positives, lm_loss, mining_features)
         if init_weights:
             self.model.blip.load_state_dict(load_state_dict_file(init_weights))
             self.model.copy_to_momentum()
@@ -64,9 +68,13 @@ class MEDPretrain(ITCRetrievalEval, BlipTask):
         self.alpha_ramp_epochs = alpha_ramp_epochs
         self.negative_sampler = NegativeSampler()
 
+    def default_callbacks(self) -> list:
+        """Callbacks added when the trainer has none of their type (a recipe's take precedence)."""
+        return [MomentumEncoder(), HardNegativeMining()]
+
     def configure_callbacks(self) -> list:
         present = self.trainer.callbacks if self._trainer is not None else []
-        defaults = [MomentumEncoder(), HardNegativeMining()]
+        defaults = self.default_callbacks()
         return [d for d in defaults if not any(isinstance(c, type(d)) for c in present)]
 
     def configure_model(self) -> None:
@@ -119,7 +127,9 @@ class MEDPretrain(ITCRetrievalEval, BlipTask):
             alpha=alpha,
             negative_sampler=self.negative_sampler,
         )
-        losses = {"loss_itc": out.loss_itc, "loss_itm": out.loss_itm, "loss_lm": out.loss_lm}
+        losses = {"loss_itc": out.loss_itc, "loss_itm": out.loss_itm}
+        if self.model.lm_loss:
+            losses["loss_lm"] = out.loss_lm
         loss = self.log_losses(losses, batch["input_ids"].shape[0], alpha=alpha, temp=out.temp)
         self.log_skipped(batch)
         return loss

@@ -8,13 +8,15 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_blip.losses.gather import all_reduce_sum
+from lightning_blip.metrics.caption_tokenizer import Backend
 from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
 from lightning_blip.tasks.base import BlipTask, default_optimizer
+from lightning_blip.tasks.caption_eval import CaptionEval
 
 MODEL = "model."
 
 
-class QFormerStage2(BlipTask):
+class QFormerStage2(CaptionEval, BlipTask):
     """BLIP-2 stage 2 on image-text pairs: a thin layer over :class:`Blip2ForGeneration`.
 
     Trainable: ``ln_vision``, the Q-Former and the projection to the LLM (initialised from a stage-1
@@ -23,9 +25,14 @@ class QFormerStage2(BlipTask):
     the LLM's next-token cross entropy on the caption tokens, normalised by the number of scored
     tokens over all ranks so that W ranks equal one rank with the same global batch.
 
+    Validation logs ``val/loss`` on image-caption pairs and, on batches that carry ``references``
+    (:class:`~lightning_blip.data.caption.CaptionDataModule`), generates captions and logs CIDEr,
+    BLEU-4 and ROUGE-L (:class:`CaptionEval`), as does test.
+
     Args:
         config: frozen ViT + Q-Former + frozen LLM (any causal or encoder-decoder transformers LM).
-        generate_kwargs: options of :meth:`Blip2ForGeneration.generate` for ``predict``.
+        generate_kwargs: options of :meth:`Blip2ForGeneration.generate` for evaluation and ``predict``.
+        metric_tokenizer: ``"python"`` or ``"java"`` (pycocoevalcap's PTB tokenizer) for the metrics.
         optimizer: optimiser callable (the recipe's ``optimizer:``).
         lr_scheduler: schedule callable (the recipe's ``lr_scheduler:``), stepped every step.
     """
@@ -34,6 +41,7 @@ class QFormerStage2(BlipTask):
         self,
         config: Blip2LLMConfig | None = None,
         generate_kwargs: dict | None = None,
+        metric_tokenizer: Backend = "python",
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -45,6 +53,7 @@ class QFormerStage2(BlipTask):
         self.hparams["config"] = asdict(config)  # plain dicts: checkpoints load with weights_only
         self.model = Blip2ForGeneration(config)
         self.generate_kwargs = generate_kwargs or {}
+        self.configure_caption_metrics(metric_tokenizer)
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``: FSDP2-shard the ViT blocks, Q-Former layers and LLM layers."""
@@ -93,7 +102,22 @@ class QFormerStage2(BlipTask):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), sync_dist=True, batch_size=len(batch["caption"]))
+        if "caption" in batch:
+            self.log("val/loss", self._loss(batch), sync_dist=True, batch_size=len(batch["caption"]))
+        self.caption_eval_step(batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.caption_eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_caption_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_caption_metrics("test")
+
+    def generate_captions(self, images: Tensor) -> list[str]:
+        """Captions of ``(B, 3, H, W)`` images with ``generate_kwargs`` (the config's prompt)."""
+        return self.model.generate(images, **self.generate_kwargs)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Captions of the batch's images: ``{"index", "caption"}``."""

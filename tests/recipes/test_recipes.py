@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fake_data import write_fake_dataset
+from fake_data import write_fake_caption_eval, write_fake_dataset
+from fake_vqa import write_fake_vqa
 
 from lightning_blip.cli import BlipCLI, main
 
@@ -13,15 +14,25 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 TINY = str(REPO / "tests" / "tiny.yaml")
 TINY_BLIP2 = str(REPO / "tests" / "tiny_blip2.yaml")
+TINY_FINETUNE = str(REPO / "tests" / "tiny_finetune.yaml")
 LOSSES = {
     "blip_": {"train/loss_itc", "train/loss_itm", "train/loss_lm"},
     "quickstart": {"train/loss_itc", "train/loss_itm", "train/loss_lm"},
     "blip2_stage1": {"train/loss_itc", "train/loss_itm", "train/loss_itg"},
     "blip2_stage2": {"train/loss"},
+    "retrieval_": {"train/loss_itc", "train/loss_itm", "val/r_mean"},  # validation: ITM re-ranking
+    "blip2_retrieval": {"train/loss_itc", "train/loss_itm", "train/loss_itg", "val/r_mean"},
+    "vqa_": {"train/loss_vqa"},
+    "blip2_miniature_stage1": {"train/loss_itc", "train/loss_itm", "train/loss_itg"},
+    "blip2_miniature_stage2": {"train/loss"},
+    "caption_": {"train/loss", "val/cider", "val/bleu4", "val/rouge_l"},  # validation: beam search
+    "blip2_caption": {"train/loss", "val/cider", "val/bleu4", "val/rouge_l"},
 }
 
 
 def _override(recipe: Path) -> str:
+    if recipe.name.startswith(("vqa_", "caption_")):  # tiny.yaml without the ITC queue
+        return TINY_FINETUNE
     return TINY_BLIP2 if recipe.name.startswith("blip2_") else TINY
 
 
@@ -35,19 +46,35 @@ def tiny_llms(tmp_path_factory) -> dict[str, Path]:
 
 
 def _model_args(recipe: Path, tiny_llms: dict[str, Path]) -> list[str]:
-    if not recipe.name.startswith("blip2_stage2"):
+    if not recipe.name.startswith(("blip2_stage2", "blip2_miniature_stage2", "blip2_caption")):
         return []
     kind = "t5" if "flant5" in recipe.name else "opt"
     return [f"--model.init_args.config.llm={tiny_llms[kind]}"]
 
 
 def _data_args(recipe: Path, tmp_path: Path) -> list[str]:
-    if "quickstart" in recipe.name:  # the real easy-VQA data, written on first use
+    if recipe.name.startswith("vqa_"):  # VQAv2-layout questions (+ validation with ranking)
+        vqa = write_fake_vqa(tmp_path / "vqa", corrupt=1)
+        return [
+            f"--data.init_args.train_questions=[{vqa['questions']}]",
+            f"--data.init_args.train_annotations=[{vqa['annotations']}]",
+            f"--data.init_args.val_questions=[{vqa['flat']}]",
+            f"--data.init_args.answer_list={vqa['answer_list']}",
+            f"--data.init_args.image_root={vqa['image_root']}",
+        ]
+    if (
+        "quickstart" in recipe.name or "miniature" in recipe.name
+    ):  # the real easy-VQA data, written on first use
         return [f"--data.init_args.output_dir={tmp_path / 'easy_vqa'}"]
     annotations = write_fake_dataset(tmp_path / "images", corrupt=1)
+    # retrieval recipes also validate (one caption per image here), through the ITM re-ranking
+    validation = [f"--data.init_args.val_annotations=[{annotations}]"] if "retrieval" in recipe.name else []
+    if "caption" in recipe.name:  # captioning validates on Karpathy-style references (one unreadable image)
+        validation = [f"--data.init_args.val_annotations=[{write_fake_caption_eval(annotations, corrupt=1)}]"]
     return [
         f"--data.init_args.train_annotations=[{annotations}]",
         f"--data.init_args.image_root={annotations.parent}",
+        *validation,
     ]
 
 
@@ -59,6 +86,9 @@ def test_recipes_are_found():
         "blip2_stage2_opt.yaml",
         "blip2_stage2_flant5.yaml",
     }
+    expected |= {"vqa_v2.yaml"}
+    expected |= {"caption_coco.yaml", "blip2_caption_coco.yaml"}
+    expected |= {"retrieval_coco.yaml", "retrieval_flickr.yaml", "blip2_retrieval_coco.yaml"}
     assert expected <= {r.name for r in RECIPES}
 
 

@@ -1,0 +1,137 @@
+"""``PredictionWriter``: what ``predict_step`` returns, written as JSONL (and embeddings as safetensors)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+ID_KEYS = ("question_id", "image_id", "id", "index")
+
+
+def prediction_rows(prediction: dict[str, Any]) -> tuple[list[dict], dict[str, Tensor]]:
+    """Split one batch's prediction into JSON rows and embedding tensors.
+
+    ``prediction`` maps names to lists or tensors whose first dimension is the batch. Floating
+    tensors with a feature dimension (``(B, D)``: embeddings) are returned apart; everything else
+    becomes one JSON-ready dict per input (tensor rows as numbers or lists, e.g. a ranking ``(B, k)``).
+    """
+    embeddings = {k: v for k, v in prediction.items() if _is_embedding(v)}
+    fields = {k: v for k, v in prediction.items() if k not in embeddings}
+    sizes = {len(v) for v in fields.values()} | {len(v) for v in embeddings.values()}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"prediction fields have different batch sizes: { {k: len(v) for k, v in prediction.items()} }"
+        )
+    n = sizes.pop() if sizes else 0
+    rows = [{k: _json_value(v[i]) for k, v in fields.items()} for i in range(n)]
+    return rows, {k: v.detach().cpu() for k, v in embeddings.items()}
+
+
+def _is_embedding(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.is_floating_point() and value.ndim >= 2
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.ndim == 0 else value.tolist()
+    return value
+
+
+def _id_key(row: dict) -> str | None:
+    return next((k for k in ID_KEYS if k in row), None)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write predictions to ``output_dir``: ``predictions.jsonl`` (one line per input id) and, when
+    ``predict_step`` returns embeddings ``(B, D)``, ``embeddings.safetensors``.
+
+    Each rank appends its lines to ``predictions.rank<r>.jsonl`` batch by batch (flushed, so a
+    crashed run keeps what it wrote). At the end rank 0 merges the parts (a shared file system is
+    assumed), keeps the first line of each id (distributed samplers pad with repeats) and writes
+    the result atomically (temporary file, then rename). The id is the first of ``question_id``,
+    ``image_id``, ``id``, ``index`` a row has. Embeddings are saved with an ``ids`` tensor when the
+    ids are integers, in the order of the lines.
+
+    Args:
+        output_dir: folder for the files.
+        keep_parts: keep the per-rank files after merging.
+    """
+
+    def __init__(self, output_dir: str = "predictions", keep_parts: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.keep_parts = keep_parts
+        self._embeddings: dict[str, list[Tensor]] = {}
+
+    def _part(self, rank: int, suffix: str) -> Path:
+        return self.output_dir / f"predictions.rank{rank}.{suffix}"
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._part(trainer.global_rank, "jsonl").write_text("")
+        self._embeddings = {}
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        rows, embeddings = prediction_rows(prediction)
+        with open(self._part(trainer.global_rank, "jsonl"), "a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+            f.flush()
+        for key, value in embeddings.items():
+            self._embeddings.setdefault(key, []).append(value)
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._embeddings:
+            tensors = {k: torch.cat(v) for k, v in self._embeddings.items()}
+            save_file(tensors, str(self._part(trainer.global_rank, "safetensors")))
+        trainer.strategy.barrier("prediction_writer")
+        if trainer.global_rank == 0:
+            self.merge(trainer.world_size)
+        trainer.strategy.barrier("prediction_writer_merged")
+
+    def merge(self, world_size: int) -> Path:
+        """Merge the per-rank parts into ``predictions.jsonl`` (and ``embeddings.safetensors``)."""
+        seen: set = set()
+        lines, keep = [], []  # keep: for each line of the parts, whether it is the first of its id
+        for rank in range(world_size):
+            for line in self._part(rank, "jsonl").read_text().splitlines():
+                row = json.loads(line)
+                key = _id_key(row)
+                row_id = json.dumps(row[key]) if key else None
+                first = row_id is None or row_id not in seen
+                seen.add(row_id)
+                keep.append(first)
+                if first:
+                    lines.append(line)
+        out = self.output_dir / "predictions.jsonl"
+        _atomic_write_text(out, "".join(line + "\n" for line in lines))
+        parts = [self._part(r, "safetensors") for r in range(world_size)]
+        if all(p.is_file() for p in parts):
+            merged = [load_file(str(p)) for p in parts]
+            tensors = {k: torch.cat([m[k] for m in merged])[torch.tensor(keep)] for k in merged[0]}
+            ids = [json.loads(line)[_id_key(json.loads(line))] for line in lines]
+            if all(isinstance(i, int) for i in ids):
+                tensors["ids"] = torch.tensor(ids)
+            tmp = self.output_dir / "embeddings.safetensors.tmp"
+            save_file(tensors, str(tmp))
+            os.replace(tmp, self.output_dir / "embeddings.safetensors")
+        if not self.keep_parts:
+            for rank in range(world_size):
+                for suffix in ("jsonl", "safetensors"):
+                    self._part(rank, suffix).unlink(missing_ok=True)
+        return out
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

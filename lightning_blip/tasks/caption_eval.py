@@ -1,0 +1,64 @@
+"""Caption evaluation shared by the captioning tasks (BLIP fine-tuning, BLIP-2 stage 2)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lightning_blip.metrics import CIDErScore, COCOBLEUScore, COCOROUGELScore
+from lightning_blip.metrics.caption_tokenizer import Backend
+
+
+class CaptionEval:
+    """Validation/test by generation: CIDEr-D, BLEU-4 and ROUGE-L of the whole set's captions.
+
+    Mixed into a LightningModule that calls :meth:`configure_caption_metrics` in ``__init__`` and
+    defines ``generate_captions(images (B, 3, H, W)) -> list[str]``. A batch that carries
+    ``references`` (``B`` lists of reference captions, e.g. from
+    :class:`~lightning_blip.data.caption.CaptionDataModule`) and ``index`` (``(B,)`` dataset
+    indices, the image ids of the metrics) is captioned and scored; other batches are left to the
+    module. The metrics gather every rank's captions and drop the repeats that a distributed
+    sampler adds; ``val/cider``, ``val/bleu4``, ``val/rouge_l`` (``test/...``) are logged at the
+    epoch's end, as pycocoevalcap reports them (CIDEr 1.3 = the papers' 130).
+    """
+
+    caption_metrics: nn.ModuleDict
+
+    def configure_caption_metrics(self, tokenizer: Backend = "python") -> None:
+        """Create the metrics; ``tokenizer="java"`` uses pycocoevalcap's Stanford PTB tokenizer."""
+        self.caption_metrics = nn.ModuleDict(
+            {
+                "cider": CIDErScore(tokenizer=tokenizer),
+                "bleu4": COCOBLEUScore(tokenizer=tokenizer),
+                "rouge_l": COCOROUGELScore(tokenizer=tokenizer),
+            }
+        )
+        self._caption_batches = 0
+
+    def generate_captions(self, images: Tensor) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def caption_eval_step(self, batch: dict) -> list[str] | None:
+        """Caption the batch's images and add them to the metrics; None if it has no references."""
+        if "references" not in batch:
+            return None
+        self._caption_batches += 1
+        if len(batch["references"]) == 0:  # every image of the batch was unreadable
+            return []
+        captions = self.generate_captions(batch["image"])
+        for metric in self.caption_metrics.values():
+            metric.update(captions, batch["references"], ids=batch["index"])
+        return captions
+
+    def log_caption_metrics(self, stage: str) -> dict[str, float]:
+        """Score the epoch's captions, log ``{stage}/cider`` etc. and reset; ``{}`` if none were made."""
+        if not self._caption_batches:
+            return {}
+        self._caption_batches = 0
+        scores = {}
+        for name, metric in self.caption_metrics.items():
+            value = metric.compute()
+            scores[name] = float(value[-1] if value.ndim else value)  # BLEU: (4,), BLEU-4 last
+            metric.reset()
+        # equal on every rank (the metrics gathered everything): the mean over ranks changes nothing
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=True, sync_dist=True)
+        return scores
