@@ -3,11 +3,10 @@
 1. A small causal LM (GPT-2-shaped, word-level vocabulary) learns easy-VQA text only: captions, and
    captions followed by a question and its answer. It is then frozen.
 2. Stage 1 (``recipes/blip2_miniature_stage1.yaml``): a small Q-Former learns ITC + ITM + ITG on
-   the easy-VQA captions. BLIP-2 freezes a pretrained ViT; nothing pretrained is available offline
-   and a frozen random ViT gives the Q-Former too little to read in minutes, so this stage also
-   trains the small ViT, unless ``--vision-weights`` names a local ViT file (then kept frozen).
-3. Stage 2 (``recipes/blip2_miniature_stage2.yaml``): the ViT from stage 1 is frozen and the stage-1
-   Q-Former's outputs become soft prompts of the frozen LM, trained on captions alone.
+   the easy-VQA captions against a frozen ViT. Nothing pretrained is available offline, so the ViT
+   is random unless ``--vision-weights`` names a local ViT file; it is saved for stage 2.
+3. Stage 2 (``recipes/blip2_miniature_stage2.yaml``): the same frozen ViT; the stage-1 Q-Former's
+   outputs become soft prompts of the frozen LM, trained on captions alone.
 4. Zero-shot VQA on the easy-VQA test questions: the LM sees [queries; "question: ... short
    answer:"] and has never been trained on an image with a question. The script prints its exact-match
    accuracy next to the majority-answer baseline, the LM given the question only (its text prior), and
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stage2-recipe", default="recipes/blip2_miniature_stage2.yaml")
     parser.add_argument("--output-dir", default="outputs/blip2_miniature")
     parser.add_argument("--lm-steps", type=int, default=1500, help="training steps of the text-only LM")
-    parser.add_argument("--vision-weights", default=None, help="a local ViT file, kept frozen in stage 1 too")
+    parser.add_argument("--vision-weights", default=None, help="a local ViT file for the frozen encoder")
     parser.add_argument("--num-questions", type=int, default=2000, help="test questions (random subset)")
     parser.add_argument("--num-beams", type=int, default=1, help="beams of the zero-shot answers (paper: 5)")
     args, overrides = parser.parse_known_args(argv)  # the rest goes to both stages' CLI
@@ -167,9 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     texts = easy_vqa_lm_texts(train_captions, easy_vqa_questions("train"))
     llm_dir = train_text_lm(texts, out / "llm", args.lm_steps)
 
-    print("\n[2/4] stage 1: Q-Former (ITC + ITM + ITG) on the easy-VQA captions")
-    vision = [f"{CONFIG}.vision.weights={args.vision_weights}", f"{CONFIG}.freeze_vision=true"]
-    stage1 = _stage(args.stage1_recipe, out, (vision if args.vision_weights else []) + overrides)
+    print("\n[2/4] stage 1: Q-Former (ITC + ITM + ITG) against the frozen ViT")
+    vision = [f"{CONFIG}.vision.weights={args.vision_weights}"] if args.vision_weights else []
+    stage1 = _stage(args.stage1_recipe, out, vision + overrides)
     stage1.trainer.fit(stage1.model, datamodule=stage1.datamodule)
     stage1_checkpoint = stage1.trainer.checkpoint_callback.last_model_path
     vision_file = out / "vision.safetensors"  # stage 2's frozen ViT

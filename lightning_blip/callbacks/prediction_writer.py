@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-ID_KEYS = ("question_id", "image_id", "id", "index")
+ID_KEYS = ("question_id", "image_id", "text_index", "id", "index")
 
 
 def prediction_rows(prediction: dict[str, Any]) -> tuple[list[dict], dict[str, Tensor]]:
@@ -49,16 +49,27 @@ def _id_key(row: dict) -> str | None:
     return next((k for k in ID_KEYS if k in row), None)
 
 
+def prediction_streams(prediction: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{stream: fields}``: a prediction whose values are all dicts holds several streams (e.g.
+    ``{"images": {...}, "texts": {...}}`` when their counts differ); any other is the stream
+    ``"predictions"``."""
+    if prediction and all(isinstance(v, dict) for v in prediction.values()):
+        return prediction
+    return {"predictions": prediction}
+
+
 class PredictionWriter(BasePredictionWriter):
     """Write predictions to ``output_dir``: ``predictions.jsonl`` (one line per input id) and, when
-    ``predict_step`` returns embeddings ``(B, D)``, ``embeddings.safetensors``.
+    ``predict_step`` returns embeddings ``(B, D)``, ``predictions.safetensors``.
 
-    Each rank appends its lines to ``predictions.rank<r>.jsonl`` batch by batch (flushed, so a
+    A ``predict_step`` may return several streams as a dict of dicts (retrieval: ``images`` and
+    ``texts``, whose counts differ): each gets its own ``<stream>.jsonl`` / ``<stream>.safetensors``.
+    Each rank appends its lines to ``<stream>.rank<r>.jsonl`` batch by batch (flushed, so a
     crashed run keeps what it wrote). At the end rank 0 merges the parts (a shared file system is
     assumed), keeps the first line of each id (distributed samplers pad with repeats) and writes
     the result atomically (temporary file, then rename). The id is the first of ``question_id``,
-    ``image_id``, ``id``, ``index`` a row has. Embeddings are saved with an ``ids`` tensor when the
-    ids are integers, in the order of the lines.
+    ``image_id``, ``text_index``, ``id``, ``index`` a row has. Embeddings are saved in the order of
+    the lines, with an ``ids`` tensor when the ids are integers.
 
     Args:
         output_dir: folder for the files.
@@ -69,41 +80,48 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.keep_parts = keep_parts
-        self._embeddings: dict[str, list[Tensor]] = {}
+        self._embeddings: dict[str, dict[str, list[Tensor]]] = {}
+        self._streams: set[str] = set()
 
-    def _part(self, rank: int, suffix: str) -> Path:
-        return self.output_dir / f"predictions.rank{rank}.{suffix}"
+    def _part(self, stream: str, rank: int, suffix: str) -> Path:
+        return self.output_dir / f"{stream}.rank{rank}.{suffix}"
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._part(trainer.global_rank, "jsonl").write_text("")
-        self._embeddings = {}
+        for old in self.output_dir.glob(f"*.rank{trainer.global_rank}.*"):
+            old.unlink()
+        self._embeddings, self._streams = {}, set()
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        rows, embeddings = prediction_rows(prediction)
-        with open(self._part(trainer.global_rank, "jsonl"), "a") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-            f.flush()
-        for key, value in embeddings.items():
-            self._embeddings.setdefault(key, []).append(value)
+        for stream, fields in prediction_streams(prediction).items():
+            rows, embeddings = prediction_rows(fields)
+            self._streams.add(stream)
+            with open(self._part(stream, trainer.global_rank, "jsonl"), "a") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+                f.flush()
+            for key, value in embeddings.items():
+                self._embeddings.setdefault(stream, {}).setdefault(key, []).append(value)
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._embeddings:
-            tensors = {k: torch.cat(v) for k, v in self._embeddings.items()}
-            save_file(tensors, str(self._part(trainer.global_rank, "safetensors")))
+        for stream, embeddings in self._embeddings.items():
+            tensors = {k: torch.cat(v) for k, v in embeddings.items()}
+            save_file(tensors, str(self._part(stream, trainer.global_rank, "safetensors")))
+        streams = trainer.strategy.broadcast(sorted(self._streams))  # rank 0's; every rank runs every stream
         trainer.strategy.barrier("prediction_writer")
         if trainer.global_rank == 0:
-            self.merge(trainer.world_size)
+            for stream in streams:
+                self.merge(stream, trainer.world_size)
         trainer.strategy.barrier("prediction_writer_merged")
 
-    def merge(self, world_size: int) -> Path:
-        """Merge the per-rank parts into ``predictions.jsonl`` (and ``embeddings.safetensors``)."""
+    def merge(self, stream: str, world_size: int) -> Path:
+        """Merge the per-rank parts of ``stream`` into ``<stream>.jsonl`` (and ``.safetensors``)."""
         seen: set = set()
         lines, keep = [], []  # keep: for each line of the parts, whether it is the first of its id
         for rank in range(world_size):
-            for line in self._part(rank, "jsonl").read_text().splitlines():
+            part = self._part(stream, rank, "jsonl")
+            for line in part.read_text().splitlines() if part.is_file() else []:
                 row = json.loads(line)
                 key = _id_key(row)
                 row_id = json.dumps(row[key]) if key else None
@@ -112,22 +130,21 @@ class PredictionWriter(BasePredictionWriter):
                 keep.append(first)
                 if first:
                     lines.append(line)
-        out = self.output_dir / "predictions.jsonl"
+        out = self.output_dir / f"{stream}.jsonl"
         _atomic_write_text(out, "".join(line + "\n" for line in lines))
-        parts = [self._part(r, "safetensors") for r in range(world_size)]
-        if all(p.is_file() for p in parts):
-            merged = [load_file(str(p)) for p in parts]
+        parts = [self._part(stream, r, "safetensors") for r in range(world_size)]
+        if any(p.is_file() for p in parts):
+            merged = [load_file(str(p)) for p in parts if p.is_file()]
             tensors = {k: torch.cat([m[k] for m in merged])[torch.tensor(keep)] for k in merged[0]}
-            ids = [json.loads(line)[_id_key(json.loads(line))] for line in lines]
+            ids = [row[_id_key(row)] if _id_key(row) else None for row in map(json.loads, lines)]
             if all(isinstance(i, int) for i in ids):
                 tensors["ids"] = torch.tensor(ids)
-            tmp = self.output_dir / "embeddings.safetensors.tmp"
+            tmp = self.output_dir / f"{stream}.safetensors.tmp"
             save_file(tensors, str(tmp))
-            os.replace(tmp, self.output_dir / "embeddings.safetensors")
+            os.replace(tmp, self.output_dir / f"{stream}.safetensors")
         if not self.keep_parts:
-            for rank in range(world_size):
-                for suffix in ("jsonl", "safetensors"):
-                    self._part(rank, suffix).unlink(missing_ok=True)
+            for part in (*parts, *(self._part(stream, r, "jsonl") for r in range(world_size))):
+                part.unlink(missing_ok=True)
         return out
 
 

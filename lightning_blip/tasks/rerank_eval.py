@@ -97,12 +97,14 @@ class RerankRetrievalEval:
 
     on_test_epoch_end = on_validation_epoch_end
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        """ITC features for offline retrieval: ``{"index", "image_embeds", "text_index", "text_embeds"}``."""
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, dict[str, Tensor]]:
+        """ITC features for offline retrieval, as two streams (a batch has more texts than images):
+        ``{"images": {"index", "image_embeds"}, "texts": {"text_index", "text_embeds"}}``."""
         model = self.retrieval_model()
         return {
-            "index": batch["index"],
-            "image_embeds": model.encode_image(batch["image"]),
-            "text_index": batch["text_index"],
-            "text_embeds": model.encode_text(batch["input_ids"], batch["attention_mask"]),
+            "images": {"index": batch["index"], "image_embeds": model.encode_image(batch["image"])},
+            "texts": {
+                "text_index": batch["text_index"],
+                "text_embeds": model.encode_text(batch["input_ids"], batch["attention_mask"]),
+            },
         }

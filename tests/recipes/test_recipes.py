@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from fake_data import write_fake_caption_eval, write_fake_dataset
 from fake_vqa import write_fake_vqa
+from safetensors.torch import load_file
 
 from lightning_blip.cli import BlipCLI, main
 
@@ -145,3 +147,44 @@ def test_validate_test_and_predict_subcommands(tmp_path: Path):
             assert batches[0]["image_embeds"].shape == (4, 32)
         else:
             assert 0.0 <= cli.trainer.callback_metrics[f"{field}/i2t_r1"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["caption_coco", "vqa_v2", "retrieval_coco"])
+def test_predict_writes_one_json_line_per_id(name: str, tmp_path: Path, monkeypatch):
+    """`lightning_blip predict -c recipes/<task>.yaml` writes captions / answers / embeddings."""
+    recipe = REPO / "recipes" / f"{name}.yaml"
+    data = _data_args(recipe, tmp_path)
+    if name == "vqa_v2":  # the test split: the flat question file (one line of it is not JSON)
+        flat = next(a for a in data if a.startswith("--data.init_args.val_questions"))
+        data.append(flat.replace("val_questions", "test_questions"))
+    else:  # Karpathy-style test references, with one unreadable image
+        annotations = Path(data[0].split("=[")[1].rstrip("]"))
+        data.append(f"--data.init_args.test_annotations=[{write_fake_caption_eval(annotations, corrupt=1)}]")
+    monkeypatch.chdir(tmp_path)  # the recipes write to predictions/<recipe>/
+    main(
+        [
+            "predict",
+            "-c",
+            str(recipe),
+            "-c",
+            _override(recipe),
+            f"--trainer.default_root_dir={tmp_path}",
+            *data,
+        ]
+    )
+    out = tmp_path / "predictions" / name
+    if name == "retrieval_coco":
+        images = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
+        texts = [json.loads(line) for line in (out / "texts.jsonl").read_text().splitlines()]
+        assert len(images) == len({r["index"] for r in images}) == 16  # the unreadable image left out
+        assert len(texts) == 32 and len({r["text_index"] for r in texts}) == 32  # two captions per image
+        embeds = load_file(str(out / "images.safetensors"))
+        assert embeds["image_embeds"].shape == (16, 32) and embeds["ids"].tolist() == [
+            r["index"] for r in images
+        ]
+        return
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    key, field = ("question_id", "answer") if name == "vqa_v2" else ("image_id", "caption")
+    ids = [r[key] for r in rows]
+    assert len(ids) == len(set(ids)) > 0 and all(isinstance(r[field], str) for r in rows)
+    assert len(ids) == (12 if name == "vqa_v2" else 16)

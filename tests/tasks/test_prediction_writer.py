@@ -37,20 +37,20 @@ def test_merge_drops_padding_repeats_in_lines_and_embeddings(tmp_path: Path):
     writer = PredictionWriter(str(tmp_path))
     # rank 0 saw ids 0, 2, 4; rank 1 saw 1, 3 and 0 again (a distributed sampler's padding)
     for rank, ids in ((0, [0, 2, 4]), (1, [1, 3, 0])):
-        writer._part(rank, "jsonl").write_text(
+        writer._part("predictions", rank, "jsonl").write_text(
             "".join(json.dumps({"id": i, "answer": f"a{i}"}) + "\n" for i in ids)
         )
         save_file(
             {"text_embeds": torch.tensor(ids, dtype=torch.float)[:, None].repeat(1, 3)},
-            str(writer._part(rank, "safetensors")),
+            str(writer._part("predictions", rank, "safetensors")),
         )
-    out = writer.merge(world_size=2)
+    out = writer.merge("predictions", world_size=2)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["id"] for row in lines] == [0, 2, 4, 1, 3]
-    saved = load_file(str(tmp_path / "embeddings.safetensors"))
+    saved = load_file(str(tmp_path / "predictions.safetensors"))
     assert saved["ids"].tolist() == [0, 2, 4, 1, 3]
     assert saved["text_embeds"][:, 0].tolist() == [0, 2, 4, 1, 3]
-    assert not list(tmp_path.glob("predictions.rank*"))
+    assert not list(tmp_path.glob("*.rank*"))
 
 
 class _Captioner(L.LightningModule):
@@ -73,4 +73,4 @@ def test_trainer_predict_writes_one_line_per_input(tmp_path: Path):
     trainer.predict(_Captioner(), DataLoader(torch.arange(10), batch_size=4), return_predictions=False)
     lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert lines == [{"image_id": i, "caption": f"caption {i}"} for i in range(10)]
-    assert load_file(str(tmp_path / "embeddings.safetensors"))["image_embeds"].shape == (10, 2)
+    assert load_file(str(tmp_path / "predictions.safetensors"))["image_embeds"].shape == (10, 2)
