@@ -28,8 +28,10 @@ class BlipCLI(LightningCLI):
 
 COMMANDS = {
     "quickstart": "lightning_blip.quickstart:main",
+    "easy-vqa-finetune": "lightning_blip.easy_vqa_finetune:main",
     "blip2-miniature": "lightning_blip.blip2_miniature:main",
     "consolidate": "lightning_blip.checkpoints:main",
+    "convert": "lightning_blip.weights.convert:main",
 }
 
 

@@ -11,7 +11,6 @@ from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
 from lightning_blip.losses.itm import NegativeSampler
 from lightning_blip.models.blip import BlipConfig
 from lightning_blip.models.blip_pretraining import BlipForPretraining, MiningFeatures, Positives
-from lightning_blip.models.checkpoint_io import load_state_dict_file
 from lightning_blip.tasks.base import BlipTask, default_optimizer
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
 
@@ -35,7 +34,9 @@ class MEDPretrain(ITCRetrievalEval, BlipTask):
             :class:`BlipForPretraining`).
         lm_loss: train the decoder too (False: ITC + ITM only, as retrieval fine-tuning).
         mining_features: ``"momentum"`` or ``"online"`` ITC features weight the ITM negatives.
-        init_weights: optional local weights for the MED model (our checkpoint or a state dict).
+        init_weights: optional local weights for the MED model: a file or state dict with
+            ``BlipModel`` keys, a ``MEDPretrain`` or fine-tuning checkpoint included
+            (:meth:`BlipModel.load_pretrained`); the momentum encoders start as copies.
         optimizer: optimiser callable (the recipe's ``optimizer:``).
         lr_scheduler: schedule callable (the recipe's ``lr_scheduler:``), stepped every step.
     """
@@ -62,7 +63,7 @@ class MEDPretrain(ITCRetrievalEval, BlipTask):
         self.hparams["config"] = asdict(config) if config is not None else None
         self.model = BlipForPretraining(config, queue_size, gather_keys, positives, lm_loss, mining_features)
         if init_weights:
-            self.model.blip.load_state_dict(load_state_dict_file(init_weights))
+            self.model.blip.load_pretrained(init_weights)
             self.model.copy_to_momentum()
         self.alpha = alpha
         self.alpha_ramp_epochs = alpha_ramp_epochs

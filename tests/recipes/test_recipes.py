@@ -29,11 +29,14 @@ LOSSES = {
     "blip2_miniature_stage2": {"train/loss"},
     "caption_": {"train/loss", "val/cider", "val/bleu4", "val/rouge_l"},  # validation: beam search
     "blip2_caption": {"train/loss", "val/cider", "val/bleu4", "val/rouge_l"},
+    "easy_vqa_caption": {"train/loss", "val/cider"},
+    "easy_vqa_vqa": {"train/loss_vqa", "val/vqa_acc"},
+    "easy_vqa_retrieval": {"train/loss_itc", "train/loss_itm", "val/r_mean"},
 }
 
 
 def _override(recipe: Path) -> str:
-    if recipe.name.startswith(("vqa_", "caption_")):  # tiny.yaml without the ITC queue
+    if recipe.name.startswith(("vqa_", "caption_", "easy_vqa_caption", "easy_vqa_vqa")):  # no ITC queue
         return TINY_FINETUNE
     return TINY_BLIP2 if recipe.name.startswith("blip2_") else TINY
 
@@ -64,9 +67,7 @@ def _data_args(recipe: Path, tmp_path: Path) -> list[str]:
             f"--data.init_args.answer_list={vqa['answer_list']}",
             f"--data.init_args.image_root={vqa['image_root']}",
         ]
-    if (
-        "quickstart" in recipe.name or "miniature" in recipe.name
-    ):  # the real easy-VQA data, written on first use
+    if recipe.name.startswith(("quickstart", "blip2_miniature", "easy_vqa_vqa")):  # real easy-VQA data
         return [f"--data.init_args.output_dir={tmp_path / 'easy_vqa'}"]
     annotations = write_fake_dataset(tmp_path / "images", corrupt=1)
     # retrieval recipes also validate (one caption per image here), through the ITM re-ranking

@@ -167,3 +167,16 @@ def test_blip2_retrieval_finetune_trains_and_validates_by_reranking(tmp_path):
     metrics = trainer.callback_metrics
     assert {"train/loss_itc", "train/loss_itm", "train/loss_itg", "val/r_mean", "val/img_r1"} <= set(metrics)
     assert 0.0 <= metrics["val/r_mean"] <= 1.0
+
+
+def test_init_weights_from_a_pretraining_checkpoint_fills_the_model_and_its_momentum_copies(tmp_path):
+    from lightning_blip.tasks import MEDPretrain
+
+    source = MEDPretrain(tiny_blip(), queue_size=8)
+    path = tmp_path / "pretrain.ckpt"
+    torch.save({"state_dict": source.state_dict()}, path)  # the layout of a Lightning checkpoint
+    module = RetrievalFinetune(tiny_blip(), queue_size=8, init_weights=str(path))
+    for name, value in source.model.blip.state_dict().items():
+        assert torch.equal(module.model.blip.state_dict()[name], value), name
+    for online, momentum in module.model.momentum_pairs():
+        assert torch.equal(online, momentum)

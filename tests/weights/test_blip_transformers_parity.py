@@ -1,0 +1,249 @@
+"""transformers' BLIP checkpoints loaded into our BlipModel compute the same numbers.
+
+Tiny random transformers models are saved with ``save_pretrained`` and loaded through
+:func:`load_transformers_blip`; every comparison is against transformers' own forward, fp32, eval.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import text_batch, tiny_text, tiny_vision
+
+from lightning_blip.cli import main as cli_main
+from lightning_blip.models.blip import BlipConfig, BlipModel
+from lightning_blip.models.generation import generate_ids
+from lightning_blip.weights import load_transformers_blip
+
+transformers = pytest.importorskip("transformers")
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny ops on a shared 2-core machine: one thread is ~30x faster than two fighting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def hf_config() -> transformers.BlipConfig:
+    """Matches :func:`our_config`; vision eps 1e-6 as BLIP's ViT (transformers' default is 1e-5)."""
+    vision = {
+        "image_size": 32,
+        "patch_size": 8,
+        "num_hidden_layers": 2,
+        "hidden_size": 48,
+        "intermediate_size": 192,
+        "num_attention_heads": 4,
+        "layer_norm_eps": 1e-6,
+    }
+    text = {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "vocab_size": 30524,
+        "encoder_hidden_size": 48,
+    }
+    return transformers.BlipConfig(vision_config=vision, text_config=text, image_text_hidden_size=32)
+
+
+def our_model() -> BlipModel:
+    model = BlipModel(BlipConfig(vision=tiny_vision(), text=tiny_text(), embed_dim=32))
+    with torch.no_grad():  # so that a weight left unloaded cannot go unnoticed
+        for p in model.parameters():
+            p.fill_(0.5)
+    return model.eval()
+
+
+@torch.no_grad()
+def randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """transformers initialises BLIP's ViT at ~1e-10: give every weight a visible random value."""
+    for name, p in model.named_parameters():
+        noise = torch.randn_like(p) * 0.1
+        p.copy_(1 + noise if "norm" in name.lower() and name.endswith("weight") else noise)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def retrieval_pair(tmp_path_factory):
+    torch.manual_seed(1)
+    hf = randomise(transformers.BlipForImageTextRetrieval(hf_config()))
+    path = tmp_path_factory.mktemp("retrieval")
+    hf.save_pretrained(path)
+    ours = our_model()
+    report = load_transformers_blip(ours, path)
+    return hf, ours, report, path
+
+
+@pytest.fixture(scope="module")
+def caption_pair(tmp_path_factory):
+    torch.manual_seed(2)
+    hf = randomise(transformers.BlipForConditionalGeneration(hf_config()))
+    path = tmp_path_factory.mktemp("caption")
+    hf.save_pretrained(path)
+    ours = our_model()
+    report = load_transformers_blip(ours, path)
+    return hf, ours, report, path
+
+
+def images(batch: int = 3) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+def test_retrieval_report_names_expected_absent(retrieval_pair):
+    report = retrieval_pair[2]
+    assert report.missing == [] and report.unexpected == []
+    assert "text.layers.0.decoder_self_attn.attention.query.weight" in report.missing_expected
+    assert "lm_head.dense.weight" in report.missing_expected and "temp" in report.missing_expected
+    assert "text.layers.1.self_attn.attention.kv.key.weight" in report.loaded
+    # lm_head.decoder.weight is the word embedding matrix (tied): the only LM-head name loaded
+    decoder_side = [k for k in report.loaded if k.startswith("lm_head") or "decoder_self_attn" in k]
+    assert decoder_side == ["lm_head.decoder.weight"]
+
+
+def test_caption_report_names_expected_absent(caption_pair):
+    report = caption_pair[2]
+    assert report.missing == [] and report.unexpected == []
+    assert "itm_head.weight" in report.missing_expected
+    assert "text.layers.0.self_attn.dense.weight" in report.missing_expected
+    assert {"lm_head.decoder.weight", "lm_head.decoder.bias", "lm_head.norm.weight"} <= set(report.loaded)
+
+
+def test_image_embeddings_match(retrieval_pair):
+    hf, ours, *_ = retrieval_pair
+    pixels = images()
+    expected = hf.vision_model(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(ours.forward_image(pixels), expected, atol=ATOL, rtol=0)
+
+
+def test_itc_similarity_matches(retrieval_pair):
+    hf, ours, *_ = retrieval_pair
+    pixels = images()
+    ids, mask = text_batch(batch=3)
+    expected = hf(input_ids=ids, pixel_values=pixels, attention_mask=mask, use_itm_head=False).itm_score
+    sim = ours.similarity(ours.encode_image(pixels), ours.encode_text(ids, mask))
+    torch.testing.assert_close(sim, expected, atol=ATOL, rtol=0)
+
+
+def test_itm_logits_match_when_transformers_gets_enc(retrieval_pair):
+    """Ours replaces [CLS] by [ENC]; transformers uses the ids as given: give it [ENC] first."""
+    hf, ours, *_ = retrieval_pair
+    pixels = images()
+    ids, mask = text_batch(batch=3)
+    ours_logits = ours.itm_logits(ids, mask, image_embeds=ours.forward_image(pixels))
+    enc_ids = ids.clone()
+    enc_ids[:, 0] = ours.config.enc_token_id
+    expected = hf(input_ids=enc_ids, pixel_values=pixels, attention_mask=mask).itm_score
+    torch.testing.assert_close(ours_logits, expected, atol=ATOL, rtol=0)
+    # and the [CLS] that transformers' processor would feed gives other scores
+    with_cls = hf(input_ids=ids, pixel_values=pixels, attention_mask=mask).itm_score
+    assert not torch.allclose(ours_logits, with_cls, atol=1e-3)
+
+
+def test_lm_logits_match(caption_pair):
+    hf, ours, *_ = caption_pair
+    pixels = images()
+    ids, mask = text_batch(batch=3)
+    ids[:, 0] = ours.config.bos_token_id  # transformers' forward uses the ids as given
+    expected = hf(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits
+    logits = ours.lm_logits(ids, mask, image_embeds=ours.forward_image(pixels))
+    torch.testing.assert_close(logits * mask[..., None], expected * mask[..., None], atol=ATOL, rtol=0)
+
+
+def until_sep(ids: torch.Tensor, width: int, sep: int = 102, pad: int = 0) -> torch.Tensor:
+    """Everything after the first [SEP] set to [PAD] (transformers may pad with [SEP]), ``width`` wide."""
+    ids = torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=pad)
+    after_sep = (ids == sep).long().cumsum(1) - (ids == sep).long() > 0
+    return ids.masked_fill(after_sep, pad)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("sep_boost", [0.0, 6.0])
+def test_captions_match(caption_pair, num_beams, sep_boost):
+    """Same ids from greedy and beam search; ``sep_boost`` on [SEP]'s logit makes captions end at
+    ``min_length`` or later (without it they all run to ``max_length``)."""
+    hf, ours, *_ = caption_pair
+    pixels = images(4)
+    prompt = torch.tensor([[101, 1037, 3861, 1997, 102]] * 4)  # [CLS] a picture of [SEP]
+    settings = {"num_beams": num_beams, "max_length": 12, "min_length": 7}
+    if num_beams > 1:  # 0: transformers 5 counts a hypothesis's length differently from 4.15 (ours)
+        settings["length_penalty"] = 0.0
+    biases = (hf.text_decoder.cls.predictions.bias, ours.lm_head.decoder.bias)
+    with torch.no_grad():
+        for bias in biases:
+            bias[102] += sep_boost
+    try:
+        expected = hf.generate(pixel_values=pixels, input_ids=prompt.clone(), do_sample=False, **settings)
+        got = generate_ids(ours, ours.forward_image(pixels), prompt[:, :-1], **settings)
+    finally:
+        with torch.no_grad():
+            for bias in biases:
+                bias[102] -= sep_boost
+    width = max(got.shape[1], expected.shape[1])
+    assert torch.equal(until_sep(got, width), until_sep(expected, width))
+    ended = (got == 102).any(1)
+    assert ended.all() if sep_boost else not ended.any()
+
+
+def test_older_layout_with_tied_copies_and_position_ids(caption_pair):
+    """Checkpoints of older transformers versions also hold the tied LM-head copies and a buffer."""
+    hf, ours, *_ = caption_pair
+    state = dict(hf.state_dict())  # has cls.predictions.decoder.weight/bias, tied duplicates
+    state["text_decoder.bert.embeddings.position_ids"] = torch.arange(512)[None]
+    again = our_model()
+    report = load_transformers_blip(again, state)
+    assert sorted(report.tied) == [
+        "text_decoder.cls.predictions.decoder.bias",
+        "text_decoder.cls.predictions.decoder.weight",
+    ]
+    assert report.ignored == ["text_decoder.bert.embeddings.position_ids"]
+    for key, value in ours.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_convert_command_writes_a_model_that_matches(retrieval_pair, caption_pair, tmp_path):
+    """``lightning_blip convert``: our config is derived from transformers' config.json."""
+    for (hf, _, _, source), name in ((retrieval_pair, "retrieval"), (caption_pair, "caption")):
+        cli_main(["convert", "--from", "transformers", "--to", "ours", str(source), str(tmp_path / name)])
+    out = tmp_path / "retrieval"
+    config = BlipConfig.from_dict(json.loads((out / "config.json").read_text()))
+    summary = json.loads((out / "conversion.json").read_text())
+    assert summary["missing"] == [] and "lm_head.dense.weight" in summary["missing_expected"]
+    assert summary["notes"] == []  # the test config sets the vision eps to BLIP's 1e-6
+    model = BlipModel(config).eval()
+    assert model.load_pretrained(out / "model.safetensors") == []
+    hf = retrieval_pair[0]
+    pixels = images()
+    ids, mask = text_batch(batch=3)
+    expected = hf(input_ids=ids, pixel_values=pixels, attention_mask=mask, use_itm_head=False).itm_score
+    sim = model.similarity(model.encode_image(pixels), model.encode_text(ids, mask))
+    torch.testing.assert_close(sim, expected, atol=ATOL, rtol=0)
+
+    out = tmp_path / "caption"
+    model = BlipModel(BlipConfig.from_dict(json.loads((out / "config.json").read_text()))).eval()
+    model.load_pretrained(out / "model.safetensors")
+    hf = caption_pair[0]
+    ids[:, 0] = model.config.bos_token_id
+    expected = hf(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits
+    logits = model.lm_logits(ids, mask, image_embeds=model.forward_image(pixels))
+    torch.testing.assert_close(logits * mask[..., None], expected * mask[..., None], atol=ATOL, rtol=0)
+
+
+def test_config_from_transformers_notes_vision_eps(tmp_path):
+    from lightning_blip.weights.convert import blip_config_from_transformers
+
+    hf = hf_config()
+    hf.vision_config.layer_norm_eps = 1e-5  # transformers' default, not BLIP's
+    hf.save_pretrained(tmp_path)
+    config, notes = blip_config_from_transformers(tmp_path)
+    assert [n.split(":")[0] for n in notes] == ["vision layer_norm_eps"]
+    model = BlipModel(config)
+    assert (model.visual_encoder.width, len(model.visual_encoder.vit.blocks)) == (48, 2)
+    assert model.visual_encoder.vit.blocks[0].mlp.fc1.out_features == 192
+    assert (config.text.hidden_size, config.text.num_layers, config.embed_dim) == (64, 2, 32)
