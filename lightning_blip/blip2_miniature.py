@@ -3,10 +3,12 @@
 1. A small causal LM (GPT-2-shaped, word-level vocabulary) learns easy-VQA text only: captions, and
    captions followed by a question and its answer. It is then frozen.
 2. Stage 1 (``recipes/blip2_miniature_stage1.yaml``): a small Q-Former learns ITC + ITM + ITG on
-   the easy-VQA captions against a frozen ViT. Nothing pretrained is available offline, so the ViT
-   is random unless ``--vision-weights`` names a local ViT file; it is saved for stage 2.
-3. Stage 2 (``recipes/blip2_miniature_stage2.yaml``): the same frozen ViT; the stage-1 Q-Former's
-   outputs become soft prompts of the frozen LM, trained on captions alone.
+   the easy-VQA captions. BLIP-2 freezes a pretrained ViT; nothing pretrained is available offline,
+   and with a frozen random ViT stage 2 learned to ignore the visual prompt (its zero-shot answers
+   were no better than the LM's from the question alone), so this stage also trains the small ViT,
+   unless ``--vision-weights`` names a local ViT file (then kept frozen, as in the paper).
+3. Stage 2 (``recipes/blip2_miniature_stage2.yaml``): the ViT from stage 1, frozen; the stage-1
+   Q-Former's outputs become soft prompts of the frozen LM, trained on captions alone.
 4. Zero-shot VQA on the easy-VQA test questions: the LM sees [queries; "question: ... short
    answer:"] and has never been trained on an image with a question. The script prints its exact-match
    accuracy next to the majority-answer baseline, the LM given the question only (its text prior), and
@@ -166,8 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     texts = easy_vqa_lm_texts(train_captions, easy_vqa_questions("train"))
     llm_dir = train_text_lm(texts, out / "llm", args.lm_steps)
 
-    print("\n[2/4] stage 1: Q-Former (ITC + ITM + ITG) against the frozen ViT")
-    vision = [f"{CONFIG}.vision.weights={args.vision_weights}"] if args.vision_weights else []
+    print("\n[2/4] stage 1: Q-Former (ITC + ITM + ITG) on the easy-VQA captions")
+    vision = [f"{CONFIG}.vision.weights={args.vision_weights}", f"{CONFIG}.freeze_vision=true"]
+    vision = vision if args.vision_weights else []
     stage1 = _stage(args.stage1_recipe, out, vision + overrides)
     stage1.trainer.fit(stage1.model, datamodule=stage1.datamodule)
     stage1_checkpoint = stage1.trainer.checkpoint_callback.last_model_path

@@ -58,6 +58,15 @@ def blip_config() -> BlipConfig:
     return tiny_blip()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of many tiny passes (two oversubscribe a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -17,13 +17,7 @@ PAD, SEP, BOS = 0, 1, 2
 INF = float("inf")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny float64 models: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny passes: one thread is faster on 2 cores
 
 
 def _model(vocab: int = 12, spread: float = 8.0, sep_bias: float = 2.0, seed: int = 0) -> BlipModel:

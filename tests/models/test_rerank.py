@@ -15,13 +15,7 @@ from lightning_blip.models.retrieval import NOT_RANKED, rerank, score_pairs
 TXT2IMG = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 5])  # 6 images, 13 captions
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny passes: one thread is faster than two on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny passes: one thread is faster on 2 cores
 
 
 def _model(kind: str):

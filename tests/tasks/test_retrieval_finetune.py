@@ -18,14 +18,7 @@ from lightning_blip.models.blip_pretraining import BlipForPretraining
 from lightning_blip.models.retrieval import rerank
 from lightning_blip.tasks import QFormerRetrievalFinetune, RetrievalFinetune
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny passes: one thread is faster than two on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny passes: one thread is faster on 2 cores
 
 
 def _batch():

@@ -14,14 +14,7 @@ from lightning_blip.data import VQADataModule
 from lightning_blip.models.blip import BlipModel
 from lightning_blip.tasks import VQAFinetune
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny passes: one thread avoids oversubscription on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny passes: one thread is faster on 2 cores
 
 
 def _datamodule(paths: dict[str, Path], **kw) -> VQADataModule:

@@ -22,13 +22,7 @@ transformers = pytest.importorskip("transformers")
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny ops on a shared 2-core machine: one thread is ~30x faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny passes: one thread is faster on 2 cores
 
 
 def hf_config() -> transformers.BlipConfig:
