@@ -202,7 +202,7 @@ class BlipModel(RetrievalMixin, nn.Module):
     def generate(
         self,
         pixel_values: Tensor,
-        tokenizer,
+        tokenizer=None,
         prompt: str = "a picture of ",
         num_beams: int = 3,
         max_length: int = 20,
@@ -225,7 +225,9 @@ class BlipModel(RetrievalMixin, nn.Module):
         :func:`~lightning_blip.models.generation.generate_ids` for the exact semantics.
         """
         from lightning_blip.models.generation import decode_captions, generate_ids
+        from lightning_blip.models.tokenizer import default_tokenizer
 
+        tokenizer = default_tokenizer() if tokenizer is None else tokenizer  # the bundled vocabulary
         image_embeds = self.forward_image(pixel_values)
         prompt_ids = tokenizer([prompt] * len(pixel_values), return_tensors="pt").input_ids[:, :-1]
         sample = top_p is not None

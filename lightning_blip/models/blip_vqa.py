@@ -25,6 +25,7 @@ from lightning_blip.models.blip import BlipConfig
 from lightning_blip.models.checkpoint_io import load_state_dict_file
 from lightning_blip.models.generation import decode_captions, generate_ids
 from lightning_blip.models.med import LayerCache, MEDTextModel
+from lightning_blip.models.tokenizer import default_tokenizer
 from lightning_blip.models.vision import VisionEncoder
 
 InferenceMode = Literal["generate", "rank"]
@@ -266,7 +267,7 @@ class BlipVQA(nn.Module):
         self,
         pixel_values: Tensor,
         questions: list[str],
-        tokenizer: PreTrainedTokenizerBase,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         mode: InferenceMode = "generate",
         answer_list: list[str] | None = None,
         k: int = 128,
@@ -276,8 +277,10 @@ class BlipVQA(nn.Module):
     ) -> list[str]:
         """One answer per (image ``(B, 3, H, W)``, question) by generation or by ranking ``answer_list``.
 
-        Questions are tokenised as given (the data pipeline applies BLIP's ``pre_question`` first).
+        Questions are tokenised as given (the data pipeline applies BLIP's ``pre_question`` first);
+        ``tokenizer`` None uses the bundled bert-base-uncased vocabulary.
         """
+        tokenizer = default_tokenizer() if tokenizer is None else tokenizer
         device = pixel_values.device
         ids, mask = tokenize_questions(tokenizer, list(questions))
         question = self.encode_questions(self.encode_image(pixel_values), ids.to(device), mask.to(device))

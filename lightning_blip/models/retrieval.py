@@ -17,7 +17,6 @@ alike; a pair in both top-k lists is scored once). Works for any model with the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
 from typing import NamedTuple, Protocol
 
 import torch
@@ -31,6 +30,7 @@ from lightning_blip.losses.gather import (
     pad_to,
     rank_and_world,
 )
+from lightning_blip.models.tokenizer import default_tokenizer
 
 NOT_RANKED = -100.0
 """Score of a pair outside the top k (BLIP's evaluation)."""
@@ -64,14 +64,6 @@ class RetrievalModel(Protocol):
         """ITM logits ``(B, 2)``, index 1 = match."""
 
 
-@cache
-def default_tokenizer():
-    """The BLIP tokenizer with the bundled bert-base-uncased vocabulary (built once)."""
-    from lightning_blip.models.tokenizer import build_tokenizer
-
-    return build_tokenizer()
-
-
 def expand_kv(image_kv: list[KeyValue | None], n: int) -> list[KeyValue | None]:
     """One image's keys/values (1 row per layer) viewed as ``n`` rows, without copying."""
     return [
@@ -94,7 +86,7 @@ class RetrievalMixin:
 
     def tokenize(self, texts: Sequence[str], max_length: int = 35, tokenizer=None) -> tuple[Tensor, Tensor]:
         """Strings -> ids and mask ``(B, L)`` ([CLS] ... [SEP], padded to the longest), on the model's device."""
-        tokens = (tokenizer or default_tokenizer())(
+        tokens = (default_tokenizer() if tokenizer is None else tokenizer)(
             list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
         )
         device = next(self.parameters()).device

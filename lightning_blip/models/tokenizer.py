@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -35,3 +36,9 @@ def build_tokenizer(vocab: str | Path | None = None) -> BertTokenizer:
     tokenizer.add_special_tokens({"additional_special_tokens": [ENC_TOKEN]})
     tokenizer.enc_token_id = tokenizer.convert_tokens_to_ids(ENC_TOKEN)
     return tokenizer
+
+
+@cache
+def default_tokenizer() -> BertTokenizer:
+    """:func:`build_tokenizer` with the bundled vocabulary, built once (the inference calls' default)."""
+    return build_tokenizer()

@@ -164,6 +164,7 @@ def test_batched_answers_equal_one_by_one(tokenizer, mode: str, num_beams: int):
     alone = [model.answer(pixels[i : i + 1], [q], tokenizer, **kw)[0] for i, q in enumerate(QUESTIONS)]
     assert batched == alone
     assert len(set(batched)) > 1  # the random model does not answer everything alike
+    assert model.answer(pixels, QUESTIONS, **kw) == batched  # without a tokenizer: the bundled one
 
 
 def test_init_from_a_pretrained_med_maps_encoder_and_decoder_weights():

@@ -335,3 +335,4 @@ def test_generate_defaults_to_blip_beam_search_and_strips_the_prompt(blip_config
     )
     sampled = model.generate(pixels, tokenizer, top_p=0.9, generator=torch.Generator().manual_seed(0))
     assert len(sampled) == 2 and all(isinstance(c, str) for c in sampled)
+    assert model.generate(pixels) == captions  # without a tokenizer: the bundled vocabulary
