@@ -16,7 +16,6 @@ from lightning_blip.losses.gather import (
 )
 from lightning_blip.losses.itc import itc_loss, itc_targets
 from lightning_blip.losses.itm import NegativeSampler, itm_inputs, itm_loss
-from lightning_blip.losses.lm import lm_labels, scored_positions, token_cross_entropy
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.med import MEDTextModel
 from lightning_blip.models.vision import VisionEncoder
@@ -296,14 +295,8 @@ class BlipForPretraining(PositivePairs, nn.Module):
             )
 
         # LM, normalised by the number of scored tokens over all ranks so W ranks equal one rank
-        # the LM head (vocabulary-wide) runs on scored positions only, not on padding
-        labels = lm_labels(input_ids, attention_mask)
-        scored = scored_positions(labels)
-        hidden = blip.decoder_states(input_ids, attention_mask, image_kv=image_kv)
-        logits = blip.lm_head(hidden[:, :-1][scored])
-        num_tokens = all_reduce_sum(scored.sum())
-        loss_lm = token_cross_entropy(logits, labels[:, 1:][scored], reduction="sum")
-        loss_lm = loss_lm * world / num_tokens.clamp(min=1)
+        loss_lm, num_tokens = blip.lm_loss(input_ids, attention_mask, image_kv=image_kv)
+        loss_lm = loss_lm * world / all_reduce_sum(num_tokens).clamp(min=1)
         return PretrainingOutput(
             loss_itc, loss_itm, loss_lm, temp.detach().squeeze(), neg_text_idx, neg_image_idx
         )
