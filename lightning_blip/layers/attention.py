@@ -23,6 +23,14 @@ def concat_kv(parts: list[list[KeyValue | None]]) -> list[KeyValue | None]:
     ]
 
 
+def attention_probs(scores: Tensor, attn_mask: Tensor | None, dropout: float, dtype: torch.dtype) -> Tensor:
+    """Masked softmax (in fp32) of ``(B, H, L, S)`` scores, then dropout; ``attn_mask`` True = attend."""
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(dtype)
+    return F.dropout(probs, dropout) if dropout > 0 else probs
+
+
 class KeyValueProjection(nn.Module):
     """The key and value projections of an attention layer, ``(B, S, kv_dim)`` -> ``(B, H, S, Dh)`` each.
 
@@ -41,6 +49,31 @@ class KeyValueProjection(nn.Module):
             return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
         return heads(self.key(x)), heads(self.value(x))
+
+    def attend(self, q: Tensor, context: Tensor, attn_mask: Tensor | None = None, dropout: float = 0.0) -> Tensor:
+        """Attention of projected queries ``q`` ``(B, H, L, Dh)`` over ``context`` ``(B, N, kv_dim)``.
+
+        Returns ``(B, H, L, Dh)``, equal to attending over :meth:`forward`'s keys/values, without
+        computing them: the projections move to the queries' side, ``q (X Wk^T)^T = (q Wk) X^T`` and
+        ``P (X Wv^T + b) = (P X) Wv^T + (P 1) b``. Per context token that costs ``H * L`` instead of
+        ``D`` multiply-adds per context feature, so it is the cheaper form when few queries read the
+        context once (the Q-Former's 32 queries over the image: 12 * 32 < 768). The key bias adds the
+        same score ``q . b`` to a whole row; it is kept so that its gradient (zero up to rounding)
+        exists, as in the usual form (DDP expects every parameter to take part).
+        """
+        B, H, L, Dh = q.shape
+        to_heads = lambda t: t.unflatten(1, (B, L)).transpose(0, 1)  # noqa: E731  (H, B*L, .) -> (B, H, L, .)
+        from_heads = lambda t: t.transpose(0, 1).flatten(1, 2)  # noqa: E731  (B, H, L, .) -> (H, B*L, .)
+        q = q * Dh**-0.5
+        q_key = to_heads(from_heads(q) @ self.key.weight.view(H, Dh, -1))  # (B, H, L, kv_dim)
+        row_bias = (q * self.key.bias.view(H, 1, Dh)).sum(-1, keepdim=True)  # (B, H, L, 1)
+        # X (q Wk)^T, not (q Wk) X^T: the gradient for the context then comes out contiguous
+        scores = (context @ q_key.flatten(1, 2).transpose(1, 2)).transpose(1, 2).view(B, H, L, -1) + row_bias
+        probs = attention_probs(scores, attn_mask, dropout, q.dtype)
+        mixed = (probs.flatten(1, 2) @ context).view(B, H, L, -1)  # (B, H, L, kv_dim)
+        out = to_heads(from_heads(mixed) @ self.value.weight.view(H, Dh, -1).transpose(1, 2))
+        bias = self.value.bias.view(H, 1, Dh)
+        return out + (probs.sum(-1, keepdim=True) * bias if dropout > 0 else bias)
 
 
 class MultiHeadAttention(nn.Module):
@@ -67,7 +100,7 @@ class MultiHeadAttention(nn.Module):
         kv: KeyValue | None = None,
         past_kv: KeyValue | None = None,
         attn_mask: Tensor | None = None,
-    ) -> tuple[Tensor, KeyValue]:
+    ) -> tuple[Tensor, KeyValue | None]:
         """Attend from ``x`` ``(B, L, D)``.
 
         Keys/values come from ``kv`` if given, else from ``context`` (cross-attention), else from
@@ -75,9 +108,14 @@ class MultiHeadAttention(nn.Module):
         ``attn_mask`` is boolean, True = attend, broadcastable to ``(B, H, L, S)``.
         Given ``kv`` with ``B / G`` rows (``G`` > 1), each holds the keys/values of ``G`` consecutive
         rows of ``x`` (the beams of one image): they are shared, not copied per row.
+        Cross-attention from few rows (``H * L < D``) over a ``context`` used once skips the keys/values
+        (:meth:`KeyValueProjection.attend`) and returns None for them.
         Returns the output ``(B, L, D)`` and the keys/values used (for caching).
         """
         q = self.query(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        if kv is None and context is not None and past_kv is None and self.num_heads * x.shape[1] < x.shape[-1]:
+            out = self.kv.attend(q, context, attn_mask, self.dropout if self.training else 0.0)
+            return out.transpose(1, 2).flatten(2), None
         if kv is None:
             kv = self.kv(x if context is None else context)
             if past_kv is not None:
@@ -108,10 +146,7 @@ class MultiHeadAttention(nn.Module):
         if dropout > 0 and q.device.type == "cpu":
             # SDPA has no fused CPU kernel with dropout and its fallback is slower than this form
             scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
-            if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, float("-inf"))
-            probs = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype), dropout)
-            out = probs @ v
+            out = attention_probs(scores, attn_mask, dropout, q.dtype) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         return out

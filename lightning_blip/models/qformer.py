@@ -156,10 +156,13 @@ class QFormerLayer(nn.Module):
         image_kv: KeyValue | None,
         past_kv: KeyValue | None = None,
         first_token_only: bool = False,
+        image_embeds: Tensor | None = None,
     ) -> tuple[Tensor, KeyValue]:
         """``(B, Q + L, D)`` -> ``(B, Q + L, D)`` and this layer's self-attention keys/values.
 
-        ``first_token_only`` (text-only passes): only position 0 is computed, giving ``(B, 1, D)``.
+        The queries read the image through its cross-attention keys/values ``image_kv`` or, when
+        those are None, from ``image_embeds`` directly. ``first_token_only`` (text-only passes):
+        only position 0 is computed, giving ``(B, 1, D)``.
         """
         if first_token_only:
             x, kv = self.self_attn(x[:, :1], context=x, attn_mask=mask)
@@ -168,9 +171,9 @@ class QFormerLayer(nn.Module):
         queries, text = x[:, :num_queries], x[:, num_queries:]
         if num_queries:
             if self.cross_attn is not None:
-                if image_kv is None:
+                if image_kv is None and image_embeds is None:
                     raise ValueError("a pass with queries needs the image (image_embeds or image_kv)")
-                queries, _ = self.cross_attn(queries, kv=image_kv)
+                queries, _ = self.cross_attn(queries, kv=image_kv, context=image_embeds)
             queries = self.ffn_query(queries)
         if text.shape[1]:
             if self.ffn is None:
@@ -229,8 +232,10 @@ class QFormer(nn.Module):
         Args:
             input_ids: ``(B, L)`` text ids, or None for a query-only pass.
             attention_mask: ``(B, L)`` 1/0 text padding mask (default: all ones).
-            image_embeds: ``(B, N, encoder_width)`` image features, or
-            image_kv: their precomputed keys/values from :meth:`image_kv`.
+            image_embeds: ``(B, N, encoder_width)`` image features, read once by this pass (the
+                cross-attention never materialises their keys/values), or
+            image_kv: their precomputed keys/values from :meth:`image_kv`, for an image that
+                several passes read (stage 1: ITC and ITM).
             queries: include the learnable queries in this pass.
             causal: multimodal-causal mask (ITG) instead of bidirectional.
             query_cache: keys/values of an earlier query pass (``use_cache=True``); this pass then
@@ -248,10 +253,9 @@ class QFormer(nn.Module):
         if input_ids is not None and attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         batch = input_ids.shape[0] if input_ids is not None else None
-        if queries and image_kv is None:
+        if queries and image_kv is None:  # the image is read once: cross-attention from image_embeds
             if image_embeds is None:
                 raise ValueError("a pass with queries needs image_embeds or image_kv")
-            image_kv = self.image_kv(image_embeds)
             batch = image_embeds.shape[0] if batch is None else batch
         elif queries and batch is None:
             batch = next(kv[0].shape[0] for kv in image_kv if kv is not None)
@@ -263,9 +267,10 @@ class QFormer(nn.Module):
         new_cache: list[KeyValue] = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            layer_kv = image_kv[i] if queries else None
+            layer_kv = image_kv[i] if queries and image_kv is not None else None
             past_kv = query_cache[i] if query_cache is not None else None
-            args = (x, num_queries, mask, layer_kv, past_kv, first_token_only and i == last)
+            embeds = image_embeds if queries and image_kv is None else None
+            args = (x, num_queries, mask, layer_kv, past_kv, first_token_only and i == last, embeds)
             if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x, kv = checkpoint(layer, *args, use_reentrant=False)
             else:

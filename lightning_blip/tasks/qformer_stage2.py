@@ -66,8 +66,9 @@ class QFormerStage2(CaptionEval, BlipTask):
         for block in model.image_encoder.visual_encoder.vit.blocks:
             fully_shard(block, mesh=mesh)
         for layer in model.qformer.layers:
-            if layer.cross_attn is not None:  # called on its own to compute the image's keys/values
+            if layer.cross_attn is not None:  # called on its own: the image's keys/values, or attend()
                 fully_shard(layer.cross_attn.attention.kv, mesh=mesh)
+                register_fsdp_forward_method(layer.cross_attn.attention.kv, "attend")
             fully_shard(layer, mesh=mesh)
         # the LLM's own unit of sharding: the layer classes transformers never splits
         layer_classes = set(getattr(model.llm, "_no_split_modules", None) or ())
