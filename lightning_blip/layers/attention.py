@@ -50,7 +50,9 @@ class KeyValueProjection(nn.Module):
 
         return heads(self.key(x)), heads(self.value(x))
 
-    def attend(self, q: Tensor, context: Tensor, attn_mask: Tensor | None = None, dropout: float = 0.0) -> Tensor:
+    def attend(
+        self, q: Tensor, context: Tensor, attn_mask: Tensor | None = None, dropout: float = 0.0
+    ) -> Tensor:
         """Attention of projected queries ``q`` ``(B, H, L, Dh)`` over ``context`` ``(B, N, kv_dim)``.
 
         Returns ``(B, H, L, Dh)``, equal to attending over :meth:`forward`'s keys/values, without
@@ -62,8 +64,13 @@ class KeyValueProjection(nn.Module):
         exists, as in the usual form (DDP expects every parameter to take part).
         """
         B, H, L, Dh = q.shape
-        to_heads = lambda t: t.unflatten(1, (B, L)).transpose(0, 1)  # noqa: E731  (H, B*L, .) -> (B, H, L, .)
-        from_heads = lambda t: t.transpose(0, 1).flatten(1, 2)  # noqa: E731  (B, H, L, .) -> (H, B*L, .)
+
+        def to_heads(t: Tensor) -> Tensor:  # (H, B*L, .) -> (B, H, L, .)
+            return t.unflatten(1, (B, L)).transpose(0, 1)
+
+        def from_heads(t: Tensor) -> Tensor:  # (B, H, L, .) -> (H, B*L, .)
+            return t.transpose(0, 1).flatten(1, 2)
+
         q = q * Dh**-0.5
         q_key = to_heads(from_heads(q) @ self.key.weight.view(H, Dh, -1))  # (B, H, L, kv_dim)
         row_bias = (q * self.key.bias.view(H, 1, Dh)).sum(-1, keepdim=True)  # (B, H, L, 1)
@@ -113,7 +120,12 @@ class MultiHeadAttention(nn.Module):
         Returns the output ``(B, L, D)`` and the keys/values used (for caching).
         """
         q = self.query(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-        if kv is None and context is not None and past_kv is None and self.num_heads * x.shape[1] < x.shape[-1]:
+        if (
+            kv is None
+            and context is not None
+            and past_kv is None
+            and self.num_heads * x.shape[1] < x.shape[-1]
+        ):
             out = self.kv.attend(q, context, attn_mask, self.dropout if self.training else 0.0)
             return out.transpose(1, 2).flatten(2), None
         if kv is None:

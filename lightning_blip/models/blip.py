@@ -14,6 +14,7 @@ from lightning_blip.layers.heads import LMHead
 from lightning_blip.models.med import LayerCache, MEDConfig, MEDTextModel
 from lightning_blip.models.retrieval import RetrievalMixin
 from lightning_blip.models.vision import VisionConfig, VisionEncoder
+from lightning_blip.weights.pretrained import FromPretrainedMixin
 
 
 @dataclass
@@ -49,7 +50,7 @@ class BlipConfig:
         return cls(vision=vision, text=text, **values)
 
 
-class BlipModel(RetrievalMixin, nn.Module):
+class BlipModel(RetrievalMixin, FromPretrainedMixin, nn.Module):
     """BLIP MED: one set of weights for the unimodal encoders, the image-grounded encoder and decoder.
 
     No Lightning here: use it directly for feature extraction, retrieval (``itc_similarity``,

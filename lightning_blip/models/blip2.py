@@ -14,6 +14,7 @@ from lightning_blip.losses.itc import max_query_similarity
 from lightning_blip.models.qformer import QFormer, QFormerConfig, QFormerOutput
 from lightning_blip.models.retrieval import RetrievalMixin
 from lightning_blip.models.vision import VisionConfig, VisionEncoder
+from lightning_blip.weights.pretrained import FromPretrainedMixin
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -37,6 +38,8 @@ class Blip2Config:
             ``bfloat16`` or ``float32``); it stays in fp32 on CPU.
         bos_token_id: [DEC], the first token of the ITG decoder.
         pad_token_id: [PAD].
+        ln_vision_eps: epsilon of ``ln_vision`` (LAVIS: 1e-5; transformers' ``post_layernorm`` uses its
+            vision config's, 1e-6 by default).
     """
 
     vision: VisionConfig = field(default_factory=eva_vit_g)
@@ -47,6 +50,7 @@ class Blip2Config:
     frozen_vision_dtype: str = "float16"
     bos_token_id: int = 30522
     pad_token_id: int = 0
+    ln_vision_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.frozen_vision_dtype not in DTYPES:
@@ -70,10 +74,12 @@ class FrozenAwareImageEncoder(nn.Module):
     ``frozen_dtype`` once moved to a GPU (its output is cast back to fp32 for ``ln_vision``).
     """
 
-    def __init__(self, vision: VisionConfig, frozen: bool, frozen_dtype: str = "float16") -> None:
+    def __init__(
+        self, vision: VisionConfig, frozen: bool, frozen_dtype: str = "float16", ln_eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.visual_encoder = VisionEncoder(vision)
-        self.ln_vision = nn.LayerNorm(self.visual_encoder.width, eps=1e-5)
+        self.ln_vision = nn.LayerNorm(self.visual_encoder.width, eps=ln_eps)
         self.frozen = frozen
         self.frozen_dtype = DTYPES[frozen_dtype]
         if frozen:
@@ -112,7 +118,7 @@ class FrozenAwareImageEncoder(nn.Module):
         return self.ln_vision(features.float())
 
 
-class Blip2Model(RetrievalMixin, nn.Module):
+class Blip2Model(RetrievalMixin, FromPretrainedMixin, nn.Module):
     """BLIP-2 stage 1: frozen ViT, ``ln_vision``, Q-Former, ITC projections, ITM head, ITG LM head.
 
     No Lightning here: use it for query features, ITC similarities and ITM scores (``itc_similarity``,
@@ -123,7 +129,7 @@ class Blip2Model(RetrievalMixin, nn.Module):
         super().__init__()
         config = config or Blip2Config()
         self.image_encoder = FrozenAwareImageEncoder(
-            config.vision, config.freeze_vision, config.frozen_vision_dtype
+            config.vision, config.freeze_vision, config.frozen_vision_dtype, config.ln_vision_eps
         )
         config = replace(config, qformer=replace(config.qformer, encoder_width=self.image_encoder.width))
         self.config = config

@@ -21,6 +21,7 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import Tensor, nn
 from transformers import (
     AutoConfig,
@@ -36,6 +37,7 @@ from lightning_blip.models.blip2 import DTYPES, FrozenAwareImageEncoder, eva_vit
 from lightning_blip.models.checkpoint_io import load_state_dict_file
 from lightning_blip.models.qformer import QFormer, QFormerConfig
 from lightning_blip.models.vision import VisionConfig
+from lightning_blip.weights.pretrained import FromPretrainedMixin
 
 VQA_PROMPT = "Question: {} Short answer:"
 
@@ -63,6 +65,7 @@ class Blip2LLMConfig:
         max_text_length: tokens of the LLM text part (prompt included); longer texts are truncated.
         stage1_checkpoint: a stage-1 weights file (:class:`~lightning_blip.models.blip2.Blip2Model`
             keys, possibly prefixed) loaded into ``ln_vision`` and the Q-Former at construction.
+        ln_vision_eps: epsilon of ``ln_vision`` (LAVIS: 1e-5; transformers: its vision config's).
     """
 
     vision: VisionConfig = field(default_factory=eva_vit_g)
@@ -75,6 +78,7 @@ class Blip2LLMConfig:
     prompt: str = ""
     max_text_length: int = 32
     stage1_checkpoint: str | None = None
+    ln_vision_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         for name in ("llm_dtype", "frozen_vision_dtype"):
@@ -150,7 +154,7 @@ def random_prefix_split(
     return prefixes, suffixes
 
 
-class Blip2ForGeneration(nn.Module):
+class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
     """BLIP-2 stage 2: frozen ViT, ``ln_vision``, Q-Former (queries only), ``llm_proj``, frozen LLM.
 
     Trainable: ``image_encoder.ln_vision``, ``qformer``, ``llm_proj`` (+ the ViT if not frozen). See
@@ -161,7 +165,7 @@ class Blip2ForGeneration(nn.Module):
         super().__init__()
         config = config or Blip2LLMConfig()
         self.image_encoder = FrozenAwareImageEncoder(
-            config.vision, config.freeze_vision, config.frozen_vision_dtype
+            config.vision, config.freeze_vision, config.frozen_vision_dtype, config.ln_vision_eps
         )
         qformer = replace(config.qformer, encoder_width=self.image_encoder.width, text=False)
         self.config = config = replace(config, qformer=qformer)
@@ -403,9 +407,11 @@ class Blip2ForGeneration(nn.Module):
             attention_mask = torch.cat([query_mask, tokens.attention_mask], dim=1)
         else:
             tokens = tok(prompts, add_special_tokens=False, padding="longest", return_tensors="pt").to(device)
+            # .long(): transformers < 5 makes float tensors of an all-empty batch (every prompt "")
+            ids, mask = tokens.input_ids.long(), tokens.attention_mask.long()
             prefix = torch.tensor(self._prefix_ids, dtype=torch.long, device=device).expand(B, -1)
-            inputs, query_mask = self._embed(torch.cat([prefix, tokens.input_ids], dim=1), queries)
-            attention_mask = torch.cat([query_mask, torch.ones_like(prefix), tokens.attention_mask], dim=1)
+            inputs, query_mask = self._embed(torch.cat([prefix, ids], dim=1), queries)
+            attention_mask = torch.cat([query_mask, torch.ones_like(prefix), mask], dim=1)
             # move every pad to the front, keeping the order of the rest (a stable sort of the 0/1 mask)
             order = torch.argsort(attention_mask, dim=1, stable=True)
             inputs = inputs.gather(1, order.unsqueeze(-1).expand_as(inputs))
@@ -471,7 +477,43 @@ def _load_llm(config: Blip2LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokeni
             f"llm={config.llm!r}: no such local directory or cached model (models are loaded with "
             f"local_files_only=True and never downloaded): {err}"
         ) from err
+    blip2 = llm_config.model_type == "blip-2"  # a transformers BLIP-2 directory: its language_model
+    if blip2:
+        llm_config = llm_config.text_config
     seq2seq = llm_config.is_encoder_decoder if config.llm_kind == "auto" else config.llm_kind == "seq2seq"
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    llm = auto.from_pretrained(config.llm, config=llm_config, local_files_only=True, dtype=torch.float32)
-    return llm, tokenizer, seq2seq
+    # transformers < 4.56 names the argument ``torch_dtype`` (5.x deprecates that name); 5.x would
+    # otherwise load in the checkpoint's dtype
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    dtype = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
+    if not blip2:
+        return (
+            auto.from_pretrained(config.llm, config=llm_config, local_files_only=True, **dtype),
+            tokenizer,
+            seq2seq,
+        )
+    return _blip2_language_model(config.llm, auto.from_config(llm_config, **dtype)), tokenizer, seq2seq
+
+
+def _blip2_language_model(directory: str, llm: PreTrainedModel) -> PreTrainedModel:
+    """Fill ``llm`` with the ``language_model.*`` weights of a transformers BLIP-2 directory.
+
+    Raises:
+        KeyError: a weight of the LLM is missing (tied copies aside) or one is unexpected (named).
+    """
+    from lightning_blip.weights.transformers_blip import read_transformers_state_dict
+
+    prefix = "language_model."
+    state = {
+        k[len(prefix) :]: v
+        for k, v in read_transformers_state_dict(directory).items()
+        if k.startswith(prefix)
+    }
+    missing, unexpected = llm.load_state_dict(state, strict=False)
+    llm.tie_weights()
+    params = dict(llm.named_parameters(remove_duplicate=False))
+    loaded = {id(p) for name, p in params.items() if name in state}
+    missing = [k for k in missing if k not in params or id(params[k]) not in loaded]  # tied copies are loaded
+    if missing or unexpected:
+        raise KeyError(f"{directory}: language_model weights missing {missing}, unexpected {unexpected}")
+    return llm

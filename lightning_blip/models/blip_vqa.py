@@ -27,6 +27,7 @@ from lightning_blip.models.generation import decode_captions, generate_ids
 from lightning_blip.models.med import LayerCache, MEDTextModel
 from lightning_blip.models.tokenizer import default_tokenizer
 from lightning_blip.models.vision import VisionEncoder
+from lightning_blip.weights.pretrained import FromPretrainedMixin
 
 InferenceMode = Literal["generate", "rank"]
 
@@ -72,7 +73,7 @@ _ENCODER_SELF_ATTN = re.compile(r"^layers\.\d+\.self_attn\.")
 _DECODER_SELF_ATTN = re.compile(r"^layers\.\d+\.decoder_self_attn\.")
 
 
-class BlipVQA(nn.Module):
+class BlipVQA(FromPretrainedMixin, nn.Module):
     """ViT + image-grounded question encoder + answer decoder (salesforce/BLIP ``BLIP_VQA``).
 
     No Lightning here. ``config.text`` describes both text transformers; the question encoder's

@@ -17,18 +17,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     unwrapped. A file that needs arbitrary unpickling is refused with a message that says so.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
         return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} needs arbitrary unpickling to load, which is refused for safety "
-            f"(torch.load(weights_only=True) failed: {err}). Re-save it as safetensors or as a plain "
-            "state dict of tensors."
-        ) from err
+    obj = load_torch_file(path)
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -36,3 +29,21 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return obj
+
+
+def load_torch_file(path: str | Path, mmap: bool = False) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file that needs more is refused by name.
+
+    ``mmap``: map the file instead of reading it (to look at a large checkpoint's keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} needs arbitrary unpickling to load, which is refused for safety "
+            f"(torch.load(weights_only=True) failed: {err}). Re-save it as safetensors or as a plain "
+            "state dict of tensors."
+        ) from err

@@ -17,8 +17,10 @@ transformers model computes (``tests/weights/test_blip_transformers_parity.py``)
 checkpoints of a size were fine-tuned apart, so their ViTs and shared text weights differ: loading
 one after the other into one model keeps the second's shared weights, which matches neither task's
 fine-tune; a checkpoint with both a ``text_encoder`` and a ``text_decoder``
-(``BlipForQuestionAnswering``, separate networks) is refused. ``temp`` is in neither: it keeps its
-value.
+(``BlipForQuestionAnswering``, separate networks) is refused here: it is a
+:class:`~lightning_blip.models.blip_vqa.BlipVQA`
+(:func:`~lightning_blip.weights.transformers_blip_vqa.load_transformers_blip_vqa`). ``temp`` is in
+neither: it keeps its value.
 
 [CLS] vs [ENC]: ``BlipForImageTextRetrieval`` runs its ITM pass on the ids as given (its processor
 starts them with [CLS]); BLIP's image-grounded encoder, and our ``BlipModel.itm_logits``, replace
@@ -56,8 +58,8 @@ _ENC_SA = r"text_encoder\.encoder\.layer\.(\d+)\.attention\."
 _DEC_SA = r"text_decoder\.bert\.encoder\.layer\.(\d+)\.attention\."
 _WB = r"(weight|bias)"
 
-TRANSFORMERS_BLIP_RULES: tuple[Rule, ...] = (
-    # vision: BlipVisionModel -> timm ViT (fused qkv on both sides, pre-norm blocks)
+VISION_RULES: tuple[Rule, ...] = (
+    # BlipVisionModel -> timm ViT (fused qkv on both sides, pre-norm blocks)
     (_VIT + "class_embedding", "visual_encoder.vit.cls_token"),
     (_VIT + "position_embedding", "visual_encoder.vit.pos_embed"),
     (_VIT + r"patch_embedding\." + _WB, r"visual_encoder.vit.patch_embed.proj.\1"),
@@ -66,7 +68,11 @@ TRANSFORMERS_BLIP_RULES: tuple[Rule, ...] = (
     (_BLOCK + r"layer_norm([12])\." + _WB, _OUR_BLOCK + r"norm\2.\3"),
     (_BLOCK + r"mlp\.(fc[12])\." + _WB, _OUR_BLOCK + r"mlp.\2.\3"),
     (r"vision_model\.post_layernorm\." + _WB, r"visual_encoder.vit.norm.\1"),
-    # text: BERT body of the retrieval encoder or of the captioning decoder -> the MED text model
+)
+"""transformers' BLIP vision keys -> ours."""
+
+BERT_TEXT_RULES: tuple[Rule, ...] = (
+    # BERT body of the retrieval encoder or of the captioning decoder -> the MED text model
     (_TEXT + r"embeddings\.(word|position)_embeddings\.weight", r"text.embeddings.\1_embeddings.weight"),
     (_TEXT + r"embeddings\.LayerNorm\." + _WB, r"text.embeddings.norm.\1"),
     # self-attention: the encoder's goes to self_attn, the decoder's to decoder_self_attn
@@ -94,6 +100,10 @@ TRANSFORMERS_BLIP_RULES: tuple[Rule, ...] = (
     # retrieval heads
     (r"(vision_proj|text_proj|itm_head)\." + _WB, r"\1.\2"),
 )
+"""BLIP's BERT-named text transformer and heads -> ours. transformers' BLIP text model is a port of
+salesforce/BLIP's ``med.py`` and keeps its names, so the salesforce/LAVIS table reuses these rules."""
+
+TRANSFORMERS_BLIP_RULES: tuple[Rule, ...] = VISION_RULES + BERT_TEXT_RULES
 """transformers' BLIP keys -> ours, first full match wins."""
 
 EXPECTED_ABSENT: dict[str, tuple[str, ...]] = {
@@ -116,7 +126,8 @@ def checkpoint_kind(state: dict[str, Tensor]) -> str:
     if encoder and decoder:
         raise ValueError(
             "this transformers checkpoint has both a text_encoder and a text_decoder (as "
-            "BlipForQuestionAnswering): they are separate networks, not one MED; not a BlipModel"
+            "BlipForQuestionAnswering): they are separate networks, not one MED; load it into a BlipVQA "
+            "with load_transformers_blip_vqa"
         )
     return "retrieval" if encoder else "captioning" if decoder else "vision"
 
@@ -137,6 +148,14 @@ def read_transformers_state_dict(directory: str | Path) -> dict[str, Tensor]:
     raise FileNotFoundError(f"no model.safetensors(.index.json) or pytorch_model.bin in {directory}")
 
 
+def read_source(source: str | Path | dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """``(state dict, name for messages)`` of a ``save_pretrained`` directory, a weights file or a state dict."""
+    if isinstance(source, dict):
+        return source, "state dict"
+    path = Path(source)
+    return (read_transformers_state_dict(path) if path.is_dir() else load_state_dict_file(path)), str(path)
+
+
 def load_transformers_blip(
     model: nn.Module, source: str | Path | dict[str, Tensor], strict: bool = True
 ) -> LoadReport:
@@ -154,12 +173,7 @@ def load_transformers_blip(
     Raises:
         ValueError: a shape differs (key and both shapes named), or the checkpoint is not one MED.
     """
-    if isinstance(source, dict):
-        state, name = source, "state dict"
-    else:
-        path = Path(source)
-        state = read_transformers_state_dict(path) if path.is_dir() else load_state_dict_file(path)
-        name = str(path)
+    state, name = read_source(source)
     if "vision_model.post_layernorm.weight" not in state and "post_layernorm.weight" in state:
         state = {f"vision_model.{k}" if k.startswith(_VISION_MODEL_KEYS) else k: v for k, v in state.items()}
     kind = checkpoint_kind(state)

@@ -59,5 +59,5 @@ def test_cross_attention_over_a_context_read_once_equals_attention_over_its_keys
 
 def test_cross_attention_from_many_rows_computes_the_keys_values():
     attn = MultiHeadAttention(16, 4, kv_dim=8)
-    out, kv = attn(torch.randn(2, 4, 16), context=torch.randn(2, 3, 8))  # H * L = 16: not fewer than D
+    _, kv = attn(torch.randn(2, 4, 16), context=torch.randn(2, 3, 8))  # H * L = 16: not fewer than D
     assert kv is not None and kv[0].shape == (2, 4, 3, 4)

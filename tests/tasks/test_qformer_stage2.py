@@ -15,7 +15,7 @@ from fake_data import write_fake_dataset
 
 from lightning_blip.checkpoints import consolidate
 from lightning_blip.data import ImageTextDataModule
-from lightning_blip.models.blip2_llm import Blip2LLMConfig
+from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
 from lightning_blip.models.small_llm import save_tiny_llm
 from lightning_blip.tasks import QFormerStage1, QFormerStage2
 
@@ -131,3 +131,8 @@ def test_fsdp2_with_the_llm_sharded_matches_ddp_and_its_checkpoint_consolidates(
     state = restored.state_dict()
     for key, value in reference.items():
         torch.testing.assert_close(state[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    for source in (fsdp_ckpt, single):  # the model alone, from the shard directory or the merged file
+        model = Blip2ForGeneration.from_pretrained(source)
+        own = model.state_dict()
+        for key, value in reference.items():
+            torch.testing.assert_close(own[key.removeprefix("model.")], value, atol=1e-5, rtol=1e-4, msg=key)

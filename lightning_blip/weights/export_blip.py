@@ -1,0 +1,164 @@
+"""Our BLIP models -> transformers ``save_pretrained`` directories (``config.json`` + ``model.safetensors``).
+
+- :class:`~lightning_blip.models.blip.BlipModel` -> ``BlipForConditionalGeneration`` (task
+  ``"captioning"``: ViT, decoder self-attention, shared layers, LM head) or
+  ``BlipForImageTextRetrieval`` (``"retrieval"``: ViT, encoder self-attention, shared layers,
+  ``vision_proj``, ``text_proj``, ``itm_head``). ``temp`` has no place in either (transformers'
+  retrieval ITC score is the plain cosine similarity) and is left out.
+- :class:`~lightning_blip.models.blip_vqa.BlipVQA` -> ``BlipForQuestionAnswering``.
+
+No second table: the names come from the import tables
+(:data:`~lightning_blip.weights.transformers_blip.TRANSFORMERS_BLIP_RULES`,
+:data:`~lightning_blip.weights.transformers_blip_vqa.TRANSFORMERS_BLIP_VQA_RULES`) applied to the
+keys of the transformers class itself (built on the meta device), which inverts them: every
+transformers key must map to one of our weights of the same shape, and every weight of ours left
+out must be one that the import lists as absent from that kind of checkpoint. Tied weights are
+written once (the LM head's decoder weight is the word embeddings; transformers re-ties on load).
+
+Written into ``config.json``: the ViT's LayerNorm epsilon (1e-6 in BLIP and ours; transformers'
+default is 1e-5) and every size read from the model itself. transformers' ITM uses the ids as given
+while ours replaces [CLS] by [ENC]: the exported model gives our ITM scores when fed [ENC]-first ids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from lightning_blip.models.blip import BlipConfig, BlipModel
+from lightning_blip.models.blip_vqa import BlipVQA
+from lightning_blip.models.checkpoint_io import load_state_dict_file
+from lightning_blip.weights.keymap import rename
+from lightning_blip.weights.transformers_blip import EXPECTED_ABSENT, TRANSFORMERS_BLIP_RULES
+from lightning_blip.weights.transformers_blip_vqa import TRANSFORMERS_BLIP_VQA_RULES
+
+TRANSFORMERS_CLASSES = {
+    "captioning": "BlipForConditionalGeneration",
+    "retrieval": "BlipForImageTextRetrieval",
+    "vqa": "BlipForQuestionAnswering",
+}
+"""Our task -> the transformers class it is exported as."""
+
+
+def transformers_config(model: BlipModel | BlipVQA):
+    """transformers' ``BlipConfig`` for our model, with sizes read from the model's modules."""
+    from transformers import BlipConfig as HFBlipConfig
+
+    cfg, vit = model.config, model.visual_encoder.vit
+    block = vit.blocks[0]
+    vision = {
+        "hidden_size": vit.embed_dim,
+        "intermediate_size": block.mlp.fc1.out_features,
+        "num_hidden_layers": len(vit.blocks),
+        "num_attention_heads": block.attn.num_heads,
+        "image_size": cfg.vision.image_size,
+        "patch_size": vit.patch_embed.patch_size[0],
+        "layer_norm_eps": block.norm1.eps,
+        "hidden_act": "gelu",
+    }
+    t = cfg.text
+    text = {
+        "vocab_size": t.vocab_size,
+        "hidden_size": t.hidden_size,
+        "encoder_hidden_size": vit.embed_dim,
+        "intermediate_size": t.intermediate_size,
+        "num_hidden_layers": t.num_layers,
+        "num_attention_heads": t.num_heads,
+        "max_position_embeddings": t.max_position_embeddings,
+        "layer_norm_eps": t.layer_norm_eps,
+        "hidden_dropout_prob": t.dropout,
+        "attention_probs_dropout_prob": t.attention_dropout,
+        "hidden_act": "gelu",
+        "bos_token_id": cfg.bos_token_id,
+        "sep_token_id": cfg.sep_token_id,
+        "pad_token_id": cfg.pad_token_id,
+    }
+    return HFBlipConfig(vision_config=vision, text_config=text, image_text_hidden_size=cfg.embed_dim)
+
+
+def export_transformers_blip(model: BlipModel | BlipVQA, output: str | Path, task: str | None = None) -> Path:
+    """Write ``model`` as a transformers BLIP directory that ``from_pretrained`` loads with no missing
+    or unexpected keys.
+
+    Args:
+        model: a ``BlipModel`` (``task`` "captioning" or "retrieval") or a ``BlipVQA`` (``task`` None
+            or "vqa").
+        output: the directory to write.
+
+    Raises:
+        ValueError: a wrong task, a weight transformers' class has no place for (e.g. a ViT without
+            its final norm), a shape that differs (key named), or a ``BlipVQA`` whose ViT width
+            differs from its text width (transformers' answer decoder would read the question with
+            the ViT's width).
+    """
+    import transformers
+
+    if isinstance(model, BlipVQA):
+        if task not in (None, "vqa"):
+            raise ValueError(f"a BlipVQA exports as task 'vqa', not {task!r}")
+        task, rules, absent = "vqa", TRANSFORMERS_BLIP_VQA_RULES, ()
+        if model.visual_encoder.width != model.config.text.hidden_size:
+            raise ValueError(
+                f"BlipForQuestionAnswering needs the ViT width ({model.visual_encoder.width}) to equal the "
+                f"text width ({model.config.text.hidden_size}): its answer decoder reads the question with it"
+            )
+    elif task in ("captioning", "retrieval"):
+        rules, absent = TRANSFORMERS_BLIP_RULES, EXPECTED_ABSENT[task]
+    else:
+        raise ValueError(f"a BlipModel exports as task 'captioning' or 'retrieval', not {task!r}")
+    config = transformers_config(model)
+    config.architectures = [TRANSFORMERS_CLASSES[task]]
+    with torch.device("meta"):
+        hf = getattr(transformers, TRANSFORMERS_CLASSES[task])(config)
+    own = dict(hf.named_parameters()) | dict(hf.named_buffers())  # tied copies appear once
+    ours = model.state_dict()
+    state, used = {}, set()
+    for key, meta in hf.state_dict().items():
+        if key not in own:
+            continue
+        target = rename(key, rules)
+        if target not in ours:
+            raise ValueError(f"{TRANSFORMERS_CLASSES[task]}.{key}: no weight of ours maps to it ({target!r})")
+        if ours[target].shape != meta.shape:
+            raise ValueError(
+                f"{key!r} (ours {target!r}) has shape {tuple(ours[target].shape)}, transformers' "
+                f"{TRANSFORMERS_CLASSES[task]} has {tuple(meta.shape)}"
+            )
+        state[key] = ours[target].detach().cpu().clone().contiguous()
+        used.add(target)
+    _check_all_placed(model, used, absent, TRANSFORMERS_CLASSES[task])
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    save_file(state, output / "model.safetensors", metadata={"format": "pt"})
+    config.save_pretrained(output)
+    return output
+
+
+def _check_all_placed(model: nn.Module, used: set[str], absent: tuple[str, ...], name: str) -> None:
+    """Raise if a weight of ours was not written, is not tied to one written and is not expected absent."""
+    written = {id(t) for n, t in model.named_parameters(remove_duplicate=False) if n in used}
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
+    left = [
+        k
+        for k in model.state_dict()
+        if k not in used and id(tensors.get(k)) not in written and not any(re.fullmatch(p, k) for p in absent)
+    ]
+    if left:
+        raise ValueError(f"transformers' {name} has no place for these weights of ours: {left}")
+
+
+def export_ours_dir(source: str | Path, output: str | Path, task: str | None = None) -> Path:
+    """Export a directory of ours (``config.json`` + ``model.safetensors``, as ``convert --to ours``
+    writes) to transformers; a ``BlipVQA`` is recognised by its keys, a ``BlipModel`` needs ``task``."""
+    source = Path(source)
+    config = BlipConfig.from_dict(json.loads((source / "config.json").read_text()))
+    state = load_state_dict_file(source / "model.safetensors")
+    vqa = any(k.startswith("question_encoder.") for k in state)
+    model = BlipVQA(config) if vqa else BlipModel(config)
+    model.load_state_dict(state, strict=True)
+    return export_transformers_blip(model, output, task)

@@ -1,0 +1,183 @@
+"""Ours -> transformers' BLIP-2: a directory that ``Blip2ForConditionalGeneration.from_pretrained``
+(from our :class:`Blip2ForGeneration`) or ``Blip2ForImageTextRetrieval.from_pretrained`` (from our
+:class:`Blip2Model`) loads with no missing or unexpected key and that computes what ours computes.
+
+The export reads the import table backwards: every key of transformers' model is renamed with
+:data:`~lightning_blip.weights.transformers_blip2.TRANSFORMERS_BLIP2_RULES` and filled from ours, so
+the two directions cannot drift apart. Our weights that transformers has no place for must be the
+ones its checkpoints are known to lack (:data:`~lightning_blip.weights.transformers_blip2.EXPECTED_ABSENT`:
+the ITG head and ``temp`` of a retrieval model); anything else (e.g. a ViT with a final norm) is an
+error that names the keys.
+
+- The image token: transformers scatters the queries into ``num_query_tokens`` copies of
+  ``image_token_index`` before the text. It gets the first id past the tokenizer's vocabulary (as
+  the released checkpoints, whose LLM embeddings have spare rows), and the exported tokenizer
+  gets ``<image>`` at that id, so that ``Blip2Processor`` builds the same inputs.
+- ``vision_config.layer_norm_eps`` is our ViT blocks' epsilon; transformers also uses it for
+  ``post_layernorm`` (our ``ln_vision``). When our ``ln_vision_eps`` differs (LAVIS's 1e-5), a
+  warning says so: transformers' outputs then differ from ours by that alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import Blip2Config as HFBlip2Config
+
+from lightning_blip.weights.keymap import rename
+from lightning_blip.weights.transformers_blip2 import (
+    EXPECTED_ABSENT,
+    OUR_VIT_ATTENTION,
+    TRANSFORMERS_BLIP2_RULES,
+    load_converted_blip2,
+    match_qkv_bias,
+    model_kind,
+)
+
+
+def transformers_blip2_config(model: nn.Module, image_token_id: int | None = None) -> HFBlip2Config:
+    """transformers' ``Blip2Config`` of our :class:`Blip2ForGeneration` or :class:`Blip2Model`."""
+    kind = model_kind(model)
+    config = model.config
+    vit = model.image_encoder.visual_encoder.vit
+    block = vit.blocks[0]
+    vision = {
+        "hidden_size": vit.embed_dim,
+        "intermediate_size": block.mlp.fc1.out_features,
+        "num_hidden_layers": len(vit.blocks),
+        "num_attention_heads": block.attn.num_heads,
+        "image_size": config.vision.image_size,
+        "patch_size": vit.patch_embed.patch_size[0],
+        "hidden_act": "gelu",
+        "layer_norm_eps": block.norm1.eps,
+        "qkv_bias": True,
+    }
+    q = config.qformer
+    qformer = {
+        "vocab_size": q.vocab_size,
+        "hidden_size": q.hidden_size,
+        "num_hidden_layers": q.num_layers,
+        "num_attention_heads": q.num_heads,
+        "intermediate_size": q.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": q.dropout,
+        "attention_probs_dropout_prob": q.attention_dropout,
+        "max_position_embeddings": q.max_position_embeddings,
+        "initializer_range": q.initializer_range,
+        "layer_norm_eps": q.layer_norm_eps,
+        "pad_token_id": q.pad_token_id,
+        "cross_attention_frequency": q.cross_attention_freq,
+        "encoder_hidden_size": vit.embed_dim,
+        "use_qformer_text_input": kind == "retrieval",
+    }
+    extra = {"image_text_hidden_size": config.embed_dim} if kind == "retrieval" else {}
+    if kind == "generation":
+        extra = {"text_config": model.llm.config.to_dict(), "image_token_index": image_token_id}
+    return HFBlip2Config(
+        vision_config=vision, qformer_config=qformer, num_query_tokens=q.num_query_tokens, **extra
+    )
+
+
+def _image_token_id(model: nn.Module) -> int:
+    """The first id past the tokenizer's vocabulary, if the LLM's embeddings have a row for it."""
+    token_id, rows = len(model.tokenizer), model.llm.get_input_embeddings().weight.shape[0]
+    if token_id >= rows:
+        raise ValueError(
+            f"the LLM's {rows} embedding rows leave no spare id for transformers' image token (the "
+            f"tokenizer uses {token_id}): pass image_token_id=<an id no prompt uses>"
+        )
+    return token_id
+
+
+def transformers_state_dict(model: nn.Module, hf_model: nn.Module) -> dict[str, Tensor]:
+    """``hf_model``'s state dict filled from ours through the import table (tensors shared, not copied).
+
+    Raises:
+        KeyError: a transformers key has no counterpart in ours, or a weight of ours (beyond what
+            transformers' checkpoints lack) has no place in transformers' model; both named.
+        ValueError: a shape differs (key and both shapes named).
+    """
+    kind = model_kind(model)
+    ours = match_qkv_bias(model.state_dict(), OUR_VIT_ATTENTION, split=False)
+    state: dict[str, Tensor] = {}
+    no_source: list[str] = []
+    for key, target in hf_model.state_dict().items():
+        name = rename(key, TRANSFORMERS_BLIP2_RULES)
+        if name not in ours:
+            no_source.append(key)
+            continue
+        if ours[name].shape != target.shape:
+            raise ValueError(
+                f"transformers' {key!r} has shape {tuple(target.shape)}, ours {name!r} {tuple(ours[name].shape)}"
+            )
+        state[key] = ours[name]
+    # a tied weight of ours (the ITG head's decoder = the word embeddings) goes out under one name
+    exported = {(t.data_ptr(), t.shape) for t in state.values()}
+    absent = [re.compile(p) for p in EXPECTED_ABSENT[kind]]
+    dropped = [
+        k
+        for k, t in ours.items()
+        if (t.data_ptr(), t.shape) not in exported and not any(p.fullmatch(k) for p in absent)
+    ]
+    if no_source or dropped:
+        raise KeyError(
+            f"transformers keys without a weight of ours: {no_source}; our weights transformers has no "
+            f"place for: {dropped}"
+        )
+    return state
+
+
+def export_blip2_to_transformers(
+    model: nn.Module, out_dir: str | Path, image_token_id: int | None = None
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ the LLM's tokenizer) for transformers' BLIP-2.
+
+    Args:
+        model: our :class:`Blip2ForGeneration` (-> ``Blip2ForConditionalGeneration``) or
+            :class:`Blip2Model` (-> ``Blip2ForImageTextRetrieval``).
+        out_dir: the directory to write.
+        image_token_id: transformers' image token (generation only); default: the first id past
+            the tokenizer's vocabulary.
+
+    Returns:
+        ``out_dir``.
+    """
+    from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval
+
+    kind = model_kind(model)
+    out = Path(out_dir)
+    if kind == "generation" and image_token_id is None:
+        image_token_id = _image_token_id(model)
+    config = transformers_blip2_config(model, image_token_id)
+    if config.vision_config.layer_norm_eps != model.image_encoder.ln_vision.eps:
+        warnings.warn(
+            f"transformers uses one LayerNorm epsilon for the ViT blocks and post_layernorm: "
+            f"{config.vision_config.layer_norm_eps} (our blocks'); our ln_vision uses "
+            f"{model.image_encoder.ln_vision.eps}, so the exported model's outputs differ slightly",
+            stacklevel=2,
+        )
+    cls = Blip2ForConditionalGeneration if kind == "generation" else Blip2ForImageTextRetrieval
+    with torch.device("meta"):
+        hf_model = cls(config)
+    hf_model.load_state_dict(transformers_state_dict(model, hf_model), strict=True, assign=True)
+    hf_model.save_pretrained(out)
+    if kind == "generation":
+        tokenizer = copy.deepcopy(model.tokenizer)
+        if image_token_id == len(tokenizer):
+            tokenizer.add_tokens(["<image>"], special_tokens=True)
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def export_transformers_blip2(our_dir_or_model: str | Path | nn.Module, output_dir: str | Path) -> Path:
+    """Export a :func:`~lightning_blip.weights.transformers_blip2.convert_transformers_blip2` directory
+    (or a model) with :func:`export_blip2_to_transformers`; returns ``output_dir``."""
+    model = our_dir_or_model
+    if not isinstance(model, nn.Module):
+        model = load_converted_blip2(model)
+    return export_blip2_to_transformers(model, output_dir)

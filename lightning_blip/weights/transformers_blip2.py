@@ -1,0 +1,372 @@
+"""transformers' BLIP-2 (``Blip2ForConditionalGeneration``, ``Blip2ForImageTextRetrieval``) -> ours.
+
+- ``Blip2ForConditionalGeneration`` (OPT, T5 or any other LM as ``language_model``) ->
+  :class:`~lightning_blip.models.blip2_llm.Blip2ForGeneration`: the ViT, ``ln_vision``, the queries
+  and the Q-Former's query path, ``llm_proj`` (transformers' ``language_projection``) and the LLM.
+- ``Blip2ForImageTextRetrieval`` -> :class:`~lightning_blip.models.blip2.Blip2Model`: the ViT,
+  ``ln_vision``, the Q-Former with its text embeddings and text FFN, the ITC projections and the
+  ITM head. Absent as expected: the ITG LM head (``lm_head``, but for its decoder weight, which is
+  the word embedding matrix) and ``temp``.
+
+Where transformers keeps what:
+
+- LAVIS's ``ln_vision`` is transformers' ``vision_model.post_layernorm``. Its epsilon is the
+  vision config's ``layer_norm_eps`` (1e-6 by default), shared with every ViT block norm; LAVIS runs
+  ``ln_vision`` with 1e-5. Our config builder copies transformers' value into ``ln_vision_eps`` so
+  that the converted model computes what transformers computes, and says so in its notes.
+- The EVA ViT's attention has a fused ``qkv`` weight without bias and separate ``q_bias`` /
+  ``v_bias`` (no key bias) in LAVIS and timm's ``Eva``; transformers (and timm's plain ViT) hold one
+  fused bias ``[q_bias, 0, v_bias]``. :func:`match_qkv_bias` converts between the two; a non-zero
+  key bias is dropped when splitting, which changes nothing (it adds the same score to a whole row).
+- The Q-Former's embedding LayerNorm is ``qformer.layernorm`` (applied to ``[queries; text]``, as
+  ours); the text word/position embeddings are the retrieval model's top-level ``embeddings``; the
+  queries are the top-level ``query_tokens`` (ours: ``qformer.query_tokens``).
+- The LLM is ``language_model.*`` with the LLM's own key names (ours: ``llm.*``).
+
+Behaviour that differs from LAVIS (and from our :class:`Blip2ForGeneration`):
+
+- Inputs: transformers puts ``num_query_tokens`` copies of an image token before the text
+  (``[<image> x Q, BOS, prompt]`` for OPT: the processor's tokenizer adds BOS; ``[<image> x Q,
+  prompt, EOS]`` for T5) and scatters the projected queries into them. LAVIS and ours build
+  ``[queries; BOS + prompt]`` / ``[queries; prompt + EOS]`` directly, so equal ids give equal
+  logits. Without ``input_ids``, transformers' ``generate`` uses ``[<image> x Q, BOS]``: the OPT BOS
+  as ours; for T5 it also puts T5's (absent) BOS id there, where LAVIS's empty prompt gives EOS.
+- Stopping: LAVIS's OPT (and ours) stops at a newline as well as at EOS; transformers stops at EOS
+  only unless ``eos_token_id=[eos, newline]`` is passed to ``generate``.
+- Decoder-only ``generate`` returns the prompt ids (image tokens included) before the new tokens;
+  ours decodes the new tokens only.
+- ITM: transformers' ``Blip2ForImageTextRetrieval`` feeds the ids as given ([CLS] first), as LAVIS
+  and our ``itm_logits`` do (no [ENC] in BLIP-2).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import Blip2Config as HFBlip2Config
+
+from lightning_blip.models.blip2 import Blip2Config, Blip2Model
+from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
+from lightning_blip.models.qformer import QFormerConfig
+from lightning_blip.models.vision import VisionConfig
+from lightning_blip.weights.keymap import LoadReport, Rule, load_with_rules
+from lightning_blip.weights.transformers_blip import read_source, read_transformers_state_dict
+
+_WB = r"(weight|bias)"
+_OUR_VIT = "image_encoder.visual_encoder.vit."
+_VB = r"vision_model\.encoder\.layers\.(\d+)\."
+VIT_ATTENTION = _VB + r"self_attn\."
+"""transformers' ViT attention prefix (the ``q_bias`` / ``v_bias`` / ``qkv.bias`` owner)."""
+OUR_VIT_ATTENTION = r"image_encoder\.visual_encoder\.vit\.blocks\.\d+\.attn\."
+EVA_VIT_EPS = 1e-6  # the block LayerNorm epsilon of timm's ViTs and of LAVIS's EVA ViT-g
+
+
+def qformer_layer_rules(layer: str, attention: str) -> tuple[Rule, ...]:
+    """Rules of one BERT-named Q-Former layer to ours.
+
+    Args:
+        layer: regex of a layer's prefix with its index as group 1 (``...encoder\\.layer\\.(\\d+)\\.``).
+        attention: the attention module's inner name: ``attention`` in transformers, ``self`` in
+            BERT / LAVIS (``layer.N.attention.self.query``).
+    """
+    ours = r"qformer.layers.\1."
+    rules: list[Rule] = []
+    for theirs, our in (("attention", "self_attn"), ("crossattention", "cross_attn")):
+        inner = layer + theirs + r"\." + attention + r"\."
+        rules += [
+            (inner + r"query\." + _WB, ours + our + r".attention.query.\2"),
+            (inner + r"(key|value)\." + _WB, ours + our + r".attention.kv.\2.\3"),
+            (layer + theirs + r"\.output\.dense\." + _WB, ours + our + r".dense.\2"),
+            (layer + theirs + r"\.output\.LayerNorm\." + _WB, ours + our + r".norm.\2"),
+        ]
+    for suffix, our in (("_query", "ffn_query"), ("", "ffn")):
+        rules += [
+            (layer + "intermediate" + suffix + r"\.dense\." + _WB, ours + our + r".intermediate.\2"),
+            (layer + "output" + suffix + r"\.dense\." + _WB, ours + our + r".output.\2"),
+            (layer + "output" + suffix + r"\.LayerNorm\." + _WB, ours + our + r".norm.\2"),
+        ]
+    return tuple(rules)
+
+
+TRANSFORMERS_BLIP2_RULES: tuple[Rule, ...] = (
+    # vision: Blip2VisionModel (EVA ViT) -> timm ViT; post_layernorm is LAVIS's ln_vision
+    (r"vision_model\.embeddings\.class_embedding", _OUR_VIT + "cls_token"),
+    (r"vision_model\.embeddings\.position_embedding", _OUR_VIT + "pos_embed"),
+    (r"vision_model\.embeddings\.patch_embedding\." + _WB, _OUR_VIT + r"patch_embed.proj.\1"),
+    (VIT_ATTENTION + r"qkv\." + _WB, _OUR_VIT + r"blocks.\1.attn.qkv.\2"),
+    (VIT_ATTENTION + r"(q_bias|v_bias)", _OUR_VIT + r"blocks.\1.attn.\2"),
+    (VIT_ATTENTION + r"projection\." + _WB, _OUR_VIT + r"blocks.\1.attn.proj.\2"),
+    (_VB + r"layer_norm([12])\." + _WB, _OUR_VIT + r"blocks.\1.norm\2.\3"),
+    (_VB + r"mlp\.(fc[12])\." + _WB, _OUR_VIT + r"blocks.\1.mlp.\2.\3"),
+    (r"vision_model\.post_layernorm\." + _WB, r"image_encoder.ln_vision.\1"),
+    # Q-Former
+    ("query_tokens", "qformer.query_tokens"),
+    (r"qformer\.layernorm\." + _WB, r"qformer.embeddings.norm.\1"),
+    (r"embeddings\.(word|position)_embeddings\.weight", r"qformer.embeddings.\1_embeddings.weight"),
+    *qformer_layer_rules(r"qformer\.encoder\.layer\.(\d+)\.", "attention"),
+    # heads
+    (r"vision_projection\." + _WB, r"vision_proj.\1"),
+    (r"text_projection\." + _WB, r"text_proj.\1"),
+    (r"itm_head\." + _WB, r"itm_head.\1"),
+    (r"language_projection\." + _WB, r"llm_proj.\1"),
+    (r"language_model\.(.+)", r"llm.\1"),
+)
+"""transformers' BLIP-2 keys -> ours, first full match wins."""
+
+UNUSED_VIT = r"image_encoder\.visual_encoder\.vit\.fc_norm\..*"
+"""timm's ``Eva`` pooling norm: our encoder returns every token and never applies it."""
+
+EXPECTED_ABSENT: dict[str, tuple[str, ...]] = {
+    "generation": (UNUSED_VIT,),
+    "retrieval": (UNUSED_VIT, r"lm_head\.(dense|norm)\..*", r"lm_head\.decoder\.bias", "temp"),
+}
+"""Our keys that each kind of transformers checkpoint does not hold (regexes over whole keys)."""
+
+IGNORED: dict[str, tuple[str, ...]] = {
+    # stage-1-only parts (text embeddings, text FFN, ITC/ITM heads) that our stage-2 model drops
+    "generation": (
+        r"embeddings\..*",
+        r"qformer\.encoder\.layer\.\d+\.(intermediate|output)\..*",
+        r"(vision_projection|text_projection|itm_head)\..*",
+    ),
+    "retrieval": (r"embeddings\.position_ids",),
+}
+"""Source keys that hold nothing our model of that kind uses."""
+
+
+def model_kind(model: nn.Module) -> str:
+    """``"generation"`` (:class:`Blip2ForGeneration`) or ``"retrieval"`` (:class:`Blip2Model`)."""
+    if isinstance(model, Blip2ForGeneration):
+        return "generation"
+    if isinstance(model, Blip2Model):
+        return "retrieval"
+    raise TypeError(f"expected a Blip2ForGeneration or a Blip2Model, got {type(model).__name__}")
+
+
+def has_split_qkv_bias(model: nn.Module) -> bool:
+    """Whether our ViT holds ``attn.q_bias`` / ``attn.v_bias`` (timm's ``Eva``) instead of ``attn.qkv.bias``."""
+    return any(re.fullmatch(OUR_VIT_ATTENTION + "q_bias", k) for k in model.state_dict())
+
+
+def match_qkv_bias(state: dict[str, Tensor], attention: str, split: bool) -> dict[str, Tensor]:
+    """The ViT attention biases of ``state`` in one layout: split (``q_bias``, ``v_bias``) or fused.
+
+    ``attention``: regex of an attention module's key prefix. Fused is ``[q_bias, 0, v_bias]``
+    ``(3D,)``; splitting drops the key part (softmax ignores a bias shared by a whole row). Other
+    keys pass unchanged; a ``q_bias`` without its ``v_bias`` is left as it is.
+    """
+    pattern = re.compile(f"(?P<prefix>{attention})(?P<name>qkv\\.bias|q_bias|v_bias)")
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        match = pattern.fullmatch(key)
+        prefix, name = (match["prefix"], match["name"]) if match else ("", "")
+        pair = prefix + "q_bias" in state and prefix + "v_bias" in state
+        if split and name == "qkv.bias":
+            out[prefix + "q_bias"], out[prefix + "v_bias"] = value.chunk(3)[::2]
+        elif not split and pair and name == "q_bias":
+            out[prefix + "qkv.bias"] = torch.cat([value, torch.zeros_like(value), state[prefix + "v_bias"]])
+        elif split or not pair or name not in ("q_bias", "v_bias"):
+            out[key] = value
+    return out
+
+
+def load_transformers_blip2(
+    model: nn.Module, source: str | Path | dict[str, Tensor], strict: bool = True
+) -> LoadReport:
+    """Load a transformers BLIP-2 checkpoint into our model (in place).
+
+    Args:
+        model: a :class:`Blip2ForGeneration` (from ``Blip2ForConditionalGeneration``) or a
+            :class:`Blip2Model` (from ``Blip2ForImageTextRetrieval``) whose config matches the
+            checkpoint's (:func:`blip2_config_from_transformers`).
+        source: a ``save_pretrained`` directory, a weights file, or a state dict.
+        strict: raise ``KeyError`` on missing keys (beyond :data:`EXPECTED_ABSENT`) and unexpected keys.
+
+    Raises:
+        ValueError: a shape differs (key and both shapes named).
+    """
+    kind = model_kind(model)
+    state, name = read_source(source)
+    state = match_qkv_bias(state, VIT_ATTENTION, split=has_split_qkv_bias(model))
+    return load_with_rules(
+        model,
+        state,
+        TRANSFORMERS_BLIP2_RULES,
+        EXPECTED_ABSENT[kind],
+        IGNORED[kind],
+        strict=strict,
+        source=name,
+    )
+
+
+def read_transformers_blip2_config(directory: str | Path) -> HFBlip2Config:
+    """transformers' ``Blip2Config`` of a directory, defaults filled in."""
+    return HFBlip2Config.from_pretrained(str(directory), local_files_only=True)
+
+
+def checkpoint_kind(hf_config: HFBlip2Config) -> str:
+    """``"generation"`` or ``"retrieval"`` from a transformers BLIP-2 config's ``architectures``."""
+    architectures = hf_config.architectures or []
+    if "Blip2ForImageTextRetrieval" in architectures:
+        return "retrieval"
+    if "Blip2ForConditionalGeneration" in architectures:
+        return "generation"
+    raise ValueError(
+        f"config.json names {architectures}: expected Blip2ForConditionalGeneration or Blip2ForImageTextRetrieval"
+    )
+
+
+def blip2_config_from_transformers(
+    directory: str | Path, llm: str | Path | None = None
+) -> tuple[Blip2Config | Blip2LLMConfig, list[str]]:
+    """Our config for a transformers BLIP-2 ``config.json``, and notes on what differs.
+
+    A ``Blip2ForConditionalGeneration`` gives a :class:`Blip2LLMConfig` whose ``llm`` is ``llm`` (a
+    directory holding the language model, see :func:`write_llm_directory`); a
+    ``Blip2ForImageTextRetrieval`` gives a :class:`Blip2Config`. The ViT is timm's ``Eva`` (BLIP-2's
+    EVA ViT-g layout) with the config's sizes, every block kept and no final norm.
+    """
+    hf = read_transformers_blip2_config(directory)
+    kind = checkpoint_kind(hf)
+    v, q = hf.vision_config, hf.qformer_config
+    vision = VisionConfig(
+        model_name="eva_giant_patch14_224",  # the architecture; its sizes come from timm_kwargs
+        image_size=v.image_size,
+        final_norm=False,
+        timm_kwargs={
+            "embed_dim": v.hidden_size,
+            "depth": v.num_hidden_layers,
+            "num_heads": v.num_attention_heads,
+            "patch_size": v.patch_size,
+            "mlp_ratio": v.intermediate_size / v.hidden_size,
+        },
+    )
+    qformer = QFormerConfig(
+        vocab_size=q.vocab_size,
+        hidden_size=q.hidden_size,
+        num_layers=q.num_hidden_layers,
+        num_heads=q.num_attention_heads,
+        intermediate_size=q.intermediate_size,
+        max_position_embeddings=q.max_position_embeddings,
+        encoder_width=v.hidden_size,
+        cross_attention_freq=q.cross_attention_frequency,
+        num_query_tokens=hf.num_query_tokens,
+        text=kind == "retrieval",
+        dropout=q.hidden_dropout_prob,
+        attention_dropout=q.attention_probs_dropout_prob,
+        layer_norm_eps=q.layer_norm_eps,
+        pad_token_id=q.pad_token_id,
+        initializer_range=q.initializer_range,
+    )
+    notes = []
+    if v.layer_norm_eps != EVA_VIT_EPS:
+        notes.append(
+            f"vision block layer_norm_eps: transformers {v.layer_norm_eps}, ours {EVA_VIT_EPS} (timm)"
+        )
+    if v.layer_norm_eps != 1e-5:
+        notes.append(f"ln_vision eps {v.layer_norm_eps} as transformers' post_layernorm; LAVIS uses 1e-5")
+    if v.hidden_act != "gelu" or q.hidden_act != "gelu":
+        notes.append(f"activations {v.hidden_act!r}/{q.hidden_act!r}: ours use exact GELU")
+    if kind == "retrieval":
+        config = Blip2Config(
+            vision=vision,
+            qformer=qformer,
+            embed_dim=hf.image_text_hidden_size,
+            pad_token_id=q.pad_token_id,
+            ln_vision_eps=v.layer_norm_eps,
+        )
+        return config, notes
+    if llm is None:
+        raise ValueError("a Blip2ForConditionalGeneration config needs llm=<the language model's directory>")
+    llm_kind = "seq2seq" if hf.text_config.is_encoder_decoder else "causal"
+    config = Blip2LLMConfig(
+        vision=vision, qformer=qformer, llm=str(llm), llm_kind=llm_kind, ln_vision_eps=v.layer_norm_eps
+    )
+    return config, notes
+
+
+def write_llm_directory(source: str | Path, state: dict[str, Tensor], output: str | Path) -> Path:
+    """Write the ``language_model.*`` weights of a ``Blip2ForConditionalGeneration`` as a plain LLM.
+
+    ``output`` gets the text config, ``model.safetensors`` and the tokenizer of ``source`` (a
+    transformers BLIP-2 repository holds one), loadable with ``AutoModelFor*.from_pretrained``.
+    """
+    from transformers import AutoTokenizer
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    read_transformers_blip2_config(source).text_config.save_pretrained(output)
+    prefix = "language_model."
+    weights = {k[len(prefix) :]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+    save_file(weights, output / "model.safetensors", metadata={"format": "pt"})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{source} holds no tokenizer for its language model: {err}") from err
+    tokenizer.save_pretrained(output)
+    return output
+
+
+def convert_transformers_blip2(source_dir: str | Path, output_dir: str | Path, strict: bool = True) -> Path:
+    """Write our BLIP-2 model for a transformers ``save_pretrained`` directory; returns ``output_dir``.
+
+    ``output_dir`` gets ``config.json`` (our config as a dict), ``model.safetensors`` (every weight of
+    ours but the LLM's), ``conversion.json`` (``kind``, notes and the load report) and, for a
+    ``Blip2ForConditionalGeneration``, ``llm/`` (the language model and its tokenizer). Read it back
+    with :func:`load_converted_blip2`.
+    """
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    kind = checkpoint_kind(read_transformers_blip2_config(source_dir))
+    state = read_transformers_state_dict(source_dir)
+    llm = write_llm_directory(source_dir, state, output / "llm").resolve() if kind == "generation" else None
+    config, notes = blip2_config_from_transformers(source_dir, llm)
+    model = Blip2ForGeneration(config) if kind == "generation" else Blip2Model(config)
+    report = load_transformers_blip2(model, state, strict=strict)
+    save_our_blip2(model, output)
+    summary = {
+        "source": str(source_dir),
+        "model": type(model).__name__,
+        "kind": kind,
+        "notes": notes,
+        **asdict(report),
+    }
+    (output / "conversion.json").write_text(json.dumps(summary, indent=2))
+    return output
+
+
+def save_our_blip2(model: nn.Module, output: Path) -> None:
+    """``config.json`` and ``model.safetensors`` (the LLM left out: it is ``config.llm``) of our model."""
+    # clone: safetensors refuses tensors that share memory (the LM head's tied word embeddings)
+    weights = {
+        k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if not k.startswith("llm.")
+    }
+    save_file(weights, output / "model.safetensors")
+    (output / "config.json").write_text(json.dumps(asdict(model.config), indent=2))
+
+
+def load_converted_blip2(directory: str | Path) -> Blip2Model | Blip2ForGeneration:
+    """Our model from a :func:`convert_transformers_blip2` directory (``llm/`` beside it, if any), in eval mode.
+
+    Raises:
+        KeyError: ``model.safetensors`` lacks a weight of ours (the LLM's aside) or holds an unknown one.
+    """
+    directory = Path(directory)
+    values = json.loads((directory / "config.json").read_text())
+    if "llm" in values:
+        if (directory / "llm").is_dir():  # the directory may have moved since it was written
+            values["llm"] = str(directory / "llm")
+        model: nn.Module = Blip2ForGeneration(Blip2LLMConfig.from_dict(values))
+    else:
+        model = Blip2Model(Blip2Config.from_dict(values))
+    missing, unexpected = model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
+    missing = [k for k in missing if not k.startswith("llm.")]
+    if missing or unexpected:
+        raise KeyError(f"{directory}: missing keys {missing}, unexpected keys {unexpected}")
+    return model.eval()
