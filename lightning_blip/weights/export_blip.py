@@ -22,7 +22,6 @@ while ours replaces [CLS] by [ENC]: the exported model gives our ITM scores when
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -30,9 +29,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lightning_blip.models.blip import BlipConfig, BlipModel
+from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.blip_vqa import BlipVQA
-from lightning_blip.models.checkpoint_io import load_state_dict_file
 from lightning_blip.weights.keymap import rename
 from lightning_blip.weights.transformers_blip import EXPECTED_ABSENT, TRANSFORMERS_BLIP_RULES
 from lightning_blip.weights.transformers_blip_vqa import TRANSFORMERS_BLIP_VQA_RULES
@@ -153,12 +151,11 @@ def _check_all_placed(model: nn.Module, used: set[str], absent: tuple[str, ...],
 
 
 def export_ours_dir(source: str | Path, output: str | Path, task: str | None = None) -> Path:
-    """Export a directory of ours (``config.json`` + ``model.safetensors``, as ``convert --to ours``
-    writes) to transformers; a ``BlipVQA`` is recognised by its keys, a ``BlipModel`` needs ``task``."""
-    source = Path(source)
-    config = BlipConfig.from_dict(json.loads((source / "config.json").read_text()))
-    state = load_state_dict_file(source / "model.safetensors")
-    vqa = any(k.startswith("question_encoder.") for k in state)
-    model = BlipVQA(config) if vqa else BlipModel(config)
-    model.load_state_dict(state, strict=True)
+    """Export a checkpoint of ours to transformers: a ``convert --to ours`` directory, a Lightning
+    ``.ckpt`` or an FSDP2 checkpoint directory of a BLIP task. A ``BlipVQA`` is recognised by its
+    keys; a ``BlipModel`` needs ``task``."""
+    try:
+        model: BlipModel | BlipVQA = BlipVQA.from_pretrained(source)
+    except KeyError:  # not a VQA model's keys
+        model = BlipModel.from_pretrained(source)
     return export_transformers_blip(model, output, task)

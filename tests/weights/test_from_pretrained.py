@@ -90,3 +90,29 @@ def test_from_pretrained_refuses_a_file_that_needs_arbitrary_unpickling(tmp_path
 def test_an_unknown_directory_names_what_it_lacks(tmp_path):
     with pytest.raises(ValueError, match=r"\.metadata or config\.json"):
         BlipModel.from_pretrained(tmp_path)
+
+
+def test_a_lightning_checkpoint_exports_to_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from lightning_blip.weights import convert
+
+    task = _fit_one_step(MEDPretrain(tiny_blip(), queue_size=8), tmp_path)
+    out = tmp_path / "hf"
+    convert.main(
+        [
+            "--from",
+            "ours",
+            "--to",
+            "transformers",
+            "--task",
+            "captioning",
+            str(tmp_path / "last.ckpt"),
+            str(out),
+        ]
+    )
+    hf = transformers.BlipForConditionalGeneration.from_pretrained(out).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    expected = task.model.blip.forward_image(pixels)
+    torch.testing.assert_close(
+        hf.vision_model(pixel_values=pixels).last_hidden_state, expected, atol=1e-5, rtol=0
+    )
