@@ -32,6 +32,8 @@ COMMANDS = {
     "blip2-miniature": "lightning_blip.blip2_miniature:main",
     "consolidate": "lightning_blip.checkpoints:main",
     "convert": "lightning_blip.weights.convert:main",
+    "capfilt": "lightning_blip.capfilt.command:main",
+    "capfilt-demo": "lightning_blip.capfilt_demo:main",
 }
 
 

@@ -131,7 +131,7 @@ class PredictionWriter(BasePredictionWriter):
                 if first:
                     lines.append(line)
         out = self.output_dir / f"{stream}.jsonl"
-        _atomic_write_text(out, "".join(line + "\n" for line in lines))
+        atomic_write_text(out, "".join(line + "\n" for line in lines))
         parts = [self._part(stream, r, "safetensors") for r in range(world_size)]
         if any(p.is_file() for p in parts):
             merged = [load_file(str(p)) for p in parts if p.is_file()]
@@ -148,7 +148,8 @@ class PredictionWriter(BasePredictionWriter):
         return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it to ``path``."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

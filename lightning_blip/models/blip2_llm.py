@@ -21,7 +21,6 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-import transformers
 from torch import Tensor, nn
 from transformers import (
     AutoConfig,
@@ -407,11 +406,9 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
             attention_mask = torch.cat([query_mask, tokens.attention_mask], dim=1)
         else:
             tokens = tok(prompts, add_special_tokens=False, padding="longest", return_tensors="pt").to(device)
-            # .long(): transformers < 5 makes float tensors of an all-empty batch (every prompt "")
-            ids, mask = tokens.input_ids.long(), tokens.attention_mask.long()
             prefix = torch.tensor(self._prefix_ids, dtype=torch.long, device=device).expand(B, -1)
-            inputs, query_mask = self._embed(torch.cat([prefix, ids], dim=1), queries)
-            attention_mask = torch.cat([query_mask, torch.ones_like(prefix), mask], dim=1)
+            inputs, query_mask = self._embed(torch.cat([prefix, tokens.input_ids], dim=1), queries)
+            attention_mask = torch.cat([query_mask, torch.ones_like(prefix), tokens.attention_mask], dim=1)
             # move every pad to the front, keeping the order of the rest (a stable sort of the 0/1 mask)
             order = torch.argsort(attention_mask, dim=1, stable=True)
             inputs = inputs.gather(1, order.unsqueeze(-1).expand_as(inputs))
@@ -482,10 +479,7 @@ def _load_llm(config: Blip2LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokeni
         llm_config = llm_config.text_config
     seq2seq = llm_config.is_encoder_decoder if config.llm_kind == "auto" else config.llm_kind == "seq2seq"
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    # transformers < 4.56 names the argument ``torch_dtype`` (5.x deprecates that name); 5.x would
-    # otherwise load in the checkpoint's dtype
-    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    dtype = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
+    dtype = {"dtype": torch.float32}  # transformers 5 would otherwise load in the checkpoint's dtype
     if not blip2:
         return (
             auto.from_pretrained(config.llm, config=llm_config, local_files_only=True, **dtype),

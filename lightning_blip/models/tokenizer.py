@@ -6,7 +6,6 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-import transformers
 from transformers import BertTokenizer
 
 DEC_TOKEN = "[DEC]"
@@ -30,8 +29,7 @@ def build_tokenizer(vocab: str | Path | None = None) -> BertTokenizer:
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer vocabulary not found: {path}")
     # transformers 5 reads the whole file only through ``vocab=`` (``vocab_file=`` builds 5 tokens).
-    key = "vocab" if int(transformers.__version__.split(".")[0]) >= 5 else "vocab_file"
-    tokenizer = BertTokenizer(**{key: str(path)}, do_lower_case=True)
+    tokenizer = BertTokenizer(vocab=str(path), do_lower_case=True)
     tokenizer.add_special_tokens({"bos_token": DEC_TOKEN})
     tokenizer.add_special_tokens({"additional_special_tokens": [ENC_TOKEN]})
     tokenizer.enc_token_id = tokenizer.convert_tokens_to_ids(ENC_TOKEN)

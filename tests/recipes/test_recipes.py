@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from lightning_blip.cli import BlipCLI, main
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+COMMAND_RECIPES = {"capfilt.yaml"}  # recipes of commands other than fit, each tested below
+RECIPES = sorted(r for r in (REPO / "recipes").glob("*.yaml") if r.name not in COMMAND_RECIPES)
 TINY = str(REPO / "tests" / "tiny.yaml")
 TINY_BLIP2 = str(REPO / "tests" / "tiny_blip2.yaml")
 TINY_FINETUNE = str(REPO / "tests" / "tiny_finetune.yaml")
@@ -110,6 +111,26 @@ def test_recipe_runs_one_step(recipe: Path, tmp_path: Path, tiny_llms: dict[str,
     assert cli.trainer.global_step == 1
     expected = next(v for k, v in LOSSES.items() if recipe.name.startswith(k))
     assert expected <= set(cli.trainer.callback_metrics)
+
+
+def test_capfilt_recipe_runs(tmp_path: Path):
+    """`lightning_blip capfilt -c recipes/capfilt.yaml` with tiny models and inputs writes shards and stats."""
+    from capfilt.capfilt_data import recipe_args, save_tiny_blip, write_inputs
+
+    inputs = write_inputs(tmp_path / "inputs")
+    captioner, filter_ = save_tiny_blip(tmp_path / "captioner", 1), save_tiny_blip(tmp_path / "filter", 2)
+    out = tmp_path / "out"
+    main(
+        [
+            "capfilt",
+            "-c",
+            str(REPO / "recipes" / "capfilt.yaml"),
+            *recipe_args(inputs, captioner, filter_, out),
+        ]
+    )
+    stats = json.loads((out / "stats.json").read_text())
+    assert set(stats["sources"]) == {"web", "human"} and stats["total"]["images_in"] == 15
+    assert all((out / shard).is_file() for shard in stats["shards"])
 
 
 def test_console_entry_point_runs_fit(tmp_path: Path):

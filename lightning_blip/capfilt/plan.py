@@ -1,0 +1,104 @@
+"""The work of a CapFilt run: input sources read into records, cut into numbered chunks.
+
+A chunk is up to ``shard_size`` consecutive records of one annotation file; chunk ``c`` becomes the
+output shard ``part-<c>.jsonl``. The numbering depends only on the sources (in config order, glob
+patterns sorted) and ``shard_size``, so a restarted run finds the same chunks and skips those whose
+shard exists.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning_blip.data.annotations import ImageTextRecord, load_annotations
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One named input source.
+
+    Attributes:
+        name: the name its statistics are reported under.
+        annotations: ``.json`` / ``.jsonl`` annotation files; glob patterns (``cc3m/*.jsonl``) are
+            expanded and sorted.
+        human_annotated: its texts pass through unfiltered and get no synthetic captions (COCO, VG).
+    """
+
+    name: str
+    annotations: list[str]
+    human_annotated: bool = False
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Records ``start..stop-1`` of the plan, all from one file of ``source``."""
+
+    id: int
+    source: str
+    human_annotated: bool
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.id:06d}"
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class Plan:
+    """All records, their chunks, and per source the malformed records and unreadable files skipped."""
+
+    records: list[ImageTextRecord]
+    chunks: list[Chunk]
+    skipped: dict[str, dict[str, int]]
+
+
+def _expand(pattern: str) -> list[str]:
+    if not glob.has_magic(pattern):
+        return [pattern]
+    found = sorted(glob.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"no annotation file matches {pattern}")
+    return found
+
+
+def make_plan(sources: list[Source], shard_size: int) -> Plan:
+    """Read every source's files and cut each file's records into chunks of ``shard_size``.
+
+    A malformed record is skipped and counted (``malformed_records``); a file that is not JSON at
+    all is skipped with a warning and counted (``unreadable_files``). A missing file raises
+    ``FileNotFoundError``.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"source names must be unique, got {names}")
+    records: list[ImageTextRecord] = []
+    chunks: list[Chunk] = []
+    skipped = {s.name: {"malformed_records": 0, "unreadable_files": 0} for s in sources}
+    for source in sources:
+        for path in (p for pattern in source.annotations for p in _expand(pattern)):
+            try:
+                file_records, malformed = load_annotations(path)
+            except (TypeError, ValueError) as err:
+                if not Path(path).is_file():
+                    raise
+                log.warning("skipping unreadable annotation file %s: %s", path, err)
+                skipped[source.name]["unreadable_files"] += 1
+                continue
+            skipped[source.name]["malformed_records"] += malformed
+            for start in range(0, len(file_records), shard_size):
+                offset = len(records) + start
+                size = min(shard_size, len(file_records) - start)
+                chunks.append(Chunk(len(chunks), source.name, source.human_annotated, offset, offset + size))
+            records += file_records
+    return Plan(records, chunks, skipped)

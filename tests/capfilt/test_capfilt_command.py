@@ -1,0 +1,134 @@
+"""``lightning_blip capfilt`` end to end on tiny random models: output, statistics, kill and restart, 2 ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from capfilt_data import recipe_args, save_tiny_blip, write_inputs
+
+from lightning_blip.capfilt.command import main
+from lightning_blip.data.annotations import load_annotations
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = str(REPO / "recipes" / "capfilt.yaml")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """Inputs, tiny captioner and filter, and one uninterrupted in-process run to compare with."""
+    root = tmp_path_factory.mktemp("capfilt")
+    inputs = write_inputs(root / "inputs")
+    captioner, filter_ = (
+        save_tiny_blip(root / "captioner", 1),
+        save_tiny_blip(root / "filter", 2, itm_scale=300),
+    )
+    args = ["-c", RECIPE, *recipe_args(inputs, captioner, filter_, root / "reference")]
+    return {
+        "root": root,
+        "inputs": inputs,
+        "args": args,
+        "stats": main(args),
+        "reference": root / "reference",
+    }
+
+
+def _outputs(out: Path) -> dict[str, str]:
+    """Every output file's text, the folder's own path (in data.yaml) replaced."""
+    return {p.name: p.read_text().replace(str(out), "OUT") for p in sorted(out.iterdir())}
+
+
+def _command(setup: dict, out: Path, *extra: str) -> list[str]:
+    args = [a.replace(str(setup["reference"]), str(out)) for a in setup["args"]]
+    return [
+        sys.executable,
+        "-m",
+        "lightning_blip",
+        "capfilt",
+        *args,
+        "--trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # same kernels as in-process
+
+
+def test_statistics_count_every_record(setup: dict):
+    web, human = setup["stats"]["sources"]["web"], setup["stats"]["sources"]["human"]
+    # 10 readable images + 1 unreadable, one malformed JSONL line, one synthetic caption per readable image
+    assert (
+        web["images_in"] == web["texts_in"] == 11 and web["corrupt_images"] == web["malformed_records"] == 1
+    )
+    assert web["synthetic_generated"] == 10 and web["human_kept"] == 0
+    assert 0 < web["web_kept"] < 10 and 0 < web["synthetic_kept"] <= 10  # the filter keeps some, drops some
+    rows = [json.loads(line) for name in setup["stats"]["shards"]
+            for line in (setup["reference"] / name).read_text().splitlines()]  # fmt: skip
+    web_rows = [r for r in rows if "human" not in r["caption_origin"]]
+    assert len(web_rows) == 10 - web["images_no_text_left"]
+    assert sum(r["caption_origin"].count("web") for r in web_rows) == web["web_kept"]
+    assert sum(r["caption_origin"].count("synthetic") for r in web_rows) == web["synthetic_kept"]
+    # human-annotated records pass through unfiltered
+    assert human == {
+        **human,
+        "images_in": 4,
+        "texts_in": 8,
+        "human_kept": 8,
+        "web_kept": 0,
+        "synthetic_kept": 0,
+    }
+    source = json.loads(setup["inputs"]["human"].read_text())
+    assert [(r["image"], r["caption"]) for r in rows if "human" in r["caption_origin"]] == [
+        (r["image"], r["caption"]) for r in source
+    ]
+
+
+def test_output_is_an_annotation_set_for_fit(setup: dict):
+    data = __import__("yaml").safe_load((setup["reference"] / "data.yaml").read_text())["data"]["init_args"]
+    records, malformed = load_annotations(data["train_annotations"])
+    assert malformed == 0 and len(records) == sum(1 for _ in records)
+    assert data["image_root"] == str(setup["inputs"]["image_root"])
+    assert not list(setup["reference"].glob("*.tmp"))
+
+
+def test_a_restart_with_other_settings_is_refused(setup: dict):
+    with pytest.raises(ValueError, match="seed"):
+        main([*setup["args"], "--seed=1"])
+
+
+@pytest.mark.slow
+def test_killed_and_restarted_gives_the_uninterrupted_output(setup: dict, tmp_path: Path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        _command(setup, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob("part-*.jsonl")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = list(out.glob("part-*.jsonl"))
+    assert 1 <= len(finished) < len(setup["stats"]["shards"]) and not (out / "stats.json").exists()
+    result = subprocess.run(
+        _command(setup, out), check=False, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _outputs(out) == _outputs(setup["reference"])
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_records_of_one(setup: dict, tmp_path: Path):
+    out = tmp_path / "ddp"
+    cmd = _command(setup, out, "--trainer.devices=2", "--trainer.strategy=ddp")
+    result = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _outputs(out) == _outputs(setup["reference"])
