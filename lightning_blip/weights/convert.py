@@ -28,7 +28,6 @@ from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.blip_vqa import BlipVQA
 from lightning_blip.models.checkpoint_io import load_state_dict_file
 from lightning_blip.models.med import MEDConfig
-from lightning_blip.models.vision import VisionConfig
 from lightning_blip.weights.export_blip import TRANSFORMERS_CLASSES, export_ours_dir
 from lightning_blip.weights.export_blip2 import export_transformers_blip2
 from lightning_blip.weights.keymap import LoadReport
@@ -38,7 +37,11 @@ from lightning_blip.weights.salesforce_blip import (
     checkpoint_kind,
     load_salesforce_blip,
 )
-from lightning_blip.weights.transformers_blip import load_transformers_blip, read_source
+from lightning_blip.weights.transformers_blip import (
+    load_transformers_blip,
+    read_source,
+    vision_config_from_transformers,
+)
 from lightning_blip.weights.transformers_blip2 import convert_transformers_blip2
 from lightning_blip.weights.transformers_blip_vqa import is_vqa_checkpoint, load_transformers_blip_vqa
 
@@ -54,17 +57,7 @@ def blip_config_from_transformers(directory: str | Path) -> tuple[BlipConfig, li
 
     hf = HFBlipConfig.from_pretrained(str(directory), local_files_only=True)
     v, t = hf.vision_config, hf.text_config
-    vision = VisionConfig(
-        model_name="vit_base_patch16_224",  # the architecture; its sizes come from timm_kwargs
-        image_size=v.image_size,
-        timm_kwargs={
-            "embed_dim": v.hidden_size,
-            "depth": v.num_hidden_layers,
-            "num_heads": v.num_attention_heads,
-            "patch_size": v.patch_size,
-            "mlp_ratio": v.intermediate_size / v.hidden_size,
-        },
-    )
+    vision = vision_config_from_transformers(v, "vit_base_patch16_224")  # sizes from v
     text = MEDConfig(
         vocab_size=t.vocab_size,
         hidden_size=t.hidden_size,

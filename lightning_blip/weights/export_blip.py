@@ -32,7 +32,11 @@ from torch import nn
 from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.blip_vqa import BlipVQA
 from lightning_blip.weights.keymap import rename
-from lightning_blip.weights.transformers_blip import EXPECTED_ABSENT, TRANSFORMERS_BLIP_RULES
+from lightning_blip.weights.transformers_blip import (
+    EXPECTED_ABSENT,
+    TRANSFORMERS_BLIP_RULES,
+    transformers_vision_sizes,
+)
 from lightning_blip.weights.transformers_blip_vqa import TRANSFORMERS_BLIP_VQA_RULES
 
 TRANSFORMERS_CLASSES = {
@@ -47,23 +51,13 @@ def transformers_config(model: BlipModel | BlipVQA):
     """transformers' ``BlipConfig`` for our model, with sizes read from the model's modules."""
     from transformers import BlipConfig as HFBlipConfig
 
-    cfg, vit = model.config, model.visual_encoder.vit
-    block = vit.blocks[0]
-    vision = {
-        "hidden_size": vit.embed_dim,
-        "intermediate_size": block.mlp.fc1.out_features,
-        "num_hidden_layers": len(vit.blocks),
-        "num_attention_heads": block.attn.num_heads,
-        "image_size": cfg.vision.image_size,
-        "patch_size": vit.patch_embed.patch_size[0],
-        "layer_norm_eps": block.norm1.eps,
-        "hidden_act": "gelu",
-    }
+    cfg = model.config
+    vision = transformers_vision_sizes(model.visual_encoder.vit, cfg.vision.image_size)
     t = cfg.text
     text = {
         "vocab_size": t.vocab_size,
         "hidden_size": t.hidden_size,
-        "encoder_hidden_size": vit.embed_dim,
+        "encoder_hidden_size": model.visual_encoder.vit.embed_dim,
         "intermediate_size": t.intermediate_size,
         "num_hidden_layers": t.num_layers,
         "num_attention_heads": t.num_heads,

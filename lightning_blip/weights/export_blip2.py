@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from transformers import Blip2Config as HFBlip2Config
 
 from lightning_blip.weights.keymap import rename
+from lightning_blip.weights.transformers_blip import transformers_vision_sizes
 from lightning_blip.weights.transformers_blip2 import (
     EXPECTED_ABSENT,
     OUR_VIT_ATTENTION,
@@ -45,18 +46,7 @@ def transformers_blip2_config(model: nn.Module, image_token_id: int | None = Non
     kind = model_kind(model)
     config = model.config
     vit = model.image_encoder.visual_encoder.vit
-    block = vit.blocks[0]
-    vision = {
-        "hidden_size": vit.embed_dim,
-        "intermediate_size": block.mlp.fc1.out_features,
-        "num_hidden_layers": len(vit.blocks),
-        "num_attention_heads": block.attn.num_heads,
-        "image_size": config.vision.image_size,
-        "patch_size": vit.patch_embed.patch_size[0],
-        "hidden_act": "gelu",
-        "layer_norm_eps": block.norm1.eps,
-        "qkv_bias": True,
-    }
+    vision = {**transformers_vision_sizes(vit, config.vision.image_size), "qkv_bias": True}
     q = config.qformer
     qformer = {
         "vocab_size": q.vocab_size,

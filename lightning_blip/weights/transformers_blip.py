@@ -47,6 +47,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from lightning_blip.models.checkpoint_io import load_state_dict_file
+from lightning_blip.models.vision import VisionConfig
 from lightning_blip.weights.keymap import LoadReport, Rule, load_with_rules
 
 _VIT = r"vision_model\.embeddings\."
@@ -130,6 +131,34 @@ def checkpoint_kind(state: dict[str, Tensor]) -> str:
             "with load_transformers_blip_vqa"
         )
     return "retrieval" if encoder else "captioning" if decoder else "vision"
+
+
+def vision_config_from_transformers(v, model_name: str, **kw) -> VisionConfig:
+    """Our :class:`VisionConfig` of a transformers BLIP / BLIP-2 vision config ``v``: timm's
+    ``model_name`` architecture with ``v``'s sizes (``kw``: more ``VisionConfig`` fields)."""
+    timm_kwargs = {
+        "embed_dim": v.hidden_size,
+        "depth": v.num_hidden_layers,
+        "num_heads": v.num_attention_heads,
+        "patch_size": v.patch_size,
+        "mlp_ratio": v.intermediate_size / v.hidden_size,
+    }
+    return VisionConfig(model_name=model_name, image_size=v.image_size, timm_kwargs=timm_kwargs, **kw)
+
+
+def transformers_vision_sizes(vit: nn.Module, image_size: int) -> dict:
+    """The fields of a transformers BLIP / BLIP-2 vision config, read from our timm ``vit``."""
+    block = vit.blocks[0]
+    return {
+        "hidden_size": vit.embed_dim,
+        "intermediate_size": block.mlp.fc1.out_features,
+        "num_hidden_layers": len(vit.blocks),
+        "num_attention_heads": block.attn.num_heads,
+        "image_size": image_size,
+        "patch_size": vit.patch_embed.patch_size[0],
+        "layer_norm_eps": block.norm1.eps,
+        "hidden_act": "gelu",
+    }
 
 
 def read_transformers_state_dict(directory: str | Path) -> dict[str, Tensor]:

@@ -54,9 +54,12 @@ from transformers import Blip2Config as HFBlip2Config
 from lightning_blip.models.blip2 import Blip2Config, Blip2Model
 from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
 from lightning_blip.models.qformer import QFormerConfig
-from lightning_blip.models.vision import VisionConfig
 from lightning_blip.weights.keymap import LoadReport, Rule, load_with_rules
-from lightning_blip.weights.transformers_blip import read_source, read_transformers_state_dict
+from lightning_blip.weights.transformers_blip import (
+    read_source,
+    read_transformers_state_dict,
+    vision_config_from_transformers,
+)
 
 _WB = r"(weight|bias)"
 _OUR_VIT = "image_encoder.visual_encoder.vit."
@@ -235,18 +238,7 @@ def blip2_config_from_transformers(
     hf = read_transformers_blip2_config(directory)
     kind = checkpoint_kind(hf)
     v, q = hf.vision_config, hf.qformer_config
-    vision = VisionConfig(
-        model_name="eva_giant_patch14_224",  # the architecture; its sizes come from timm_kwargs
-        image_size=v.image_size,
-        final_norm=False,
-        timm_kwargs={
-            "embed_dim": v.hidden_size,
-            "depth": v.num_hidden_layers,
-            "num_heads": v.num_attention_heads,
-            "patch_size": v.patch_size,
-            "mlp_ratio": v.intermediate_size / v.hidden_size,
-        },
-    )
+    vision = vision_config_from_transformers(v, "eva_giant_patch14_224", final_norm=False)  # sizes from v
     qformer = QFormerConfig(
         vocab_size=q.vocab_size,
         hidden_size=q.hidden_size,
