@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_blip
 
-from lightning_blip.capfilt_demo import add_noise, main
+from lightning_blip.capfilt_demo import add_noise, main, separating_threshold
 from lightning_blip.tasks import MEDPretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +20,12 @@ def test_noise_replaces_the_given_fraction_by_other_captions():
     assert len(noisy) == 3
     for i, (before, after) in enumerate(zip(records, noisy_records)):
         assert (before["caption"] != after["caption"]) == (i in noisy)
+
+
+def test_the_threshold_separates_most_pairs():
+    assert separating_threshold([0.4, 0.5, 0.6], [0.05, 0.1, 0.45]) == pytest.approx(0.25)  # 5 of 6 right
+    assert separating_threshold([0.9], [0.1]) == pytest.approx(0.5)
+    assert separating_threshold([0.2, 0.3], [0.6, 0.7]) < 0.2  # nothing separates: keep everything
 
 
 @pytest.mark.slow
@@ -36,4 +42,5 @@ def test_demo_reports_removal_and_retrieval(tmp_path: Path, capsys):
     assert set(result["removal"]) == {"precision", "recall", "removed"}
     assert result["capfilt"]["sources"]["web"]["images_in"] == 78  # 3,578 train images - 3,500 human
     assert set(result["retrieval"]) == {"noisy", "bootstrapped"}
+    assert 0.0 <= result["threshold"] <= 1.0  # calibrated on the held-out human images
     assert "precision" in capsys.readouterr().out
