@@ -25,12 +25,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lightning_blip.models.blip import BlipConfig, BlipModel
+from lightning_blip.models.blip2 import Blip2Config, Blip2Model
+from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
 from lightning_blip.models.blip_vqa import BlipVQA
 from lightning_blip.models.checkpoint_io import load_state_dict_file
 from lightning_blip.models.med import MEDConfig
 from lightning_blip.weights.export_blip import TRANSFORMERS_CLASSES, export_ours_dir
 from lightning_blip.weights.export_blip2 import export_transformers_blip2
 from lightning_blip.weights.keymap import LoadReport
+from lightning_blip.weights.lavis_blip2 import load_lavis_blip2
 from lightning_blip.weights.salesforce_blip import (
     VIT_PRESETS,
     blip_config,
@@ -42,7 +45,7 @@ from lightning_blip.weights.transformers_blip import (
     read_source,
     vision_config_from_transformers,
 )
-from lightning_blip.weights.transformers_blip2 import convert_transformers_blip2
+from lightning_blip.weights.transformers_blip2 import convert_transformers_blip2, save_our_blip2
 from lightning_blip.weights.transformers_blip_vqa import is_vqa_checkpoint, load_transformers_blip_vqa
 
 BLIP_VIT_EPS = 1e-6  # BLIP's and timm's ViT LayerNorm epsilon, which our VisionEncoder uses
@@ -167,7 +170,31 @@ def _transformers_to_ours_blip2(args: argparse.Namespace) -> Path:
 
 
 def _ours_to_transformers_blip2(args: argparse.Namespace) -> Path:
-    return export_transformers_blip2(args.source, args.output)
+    """Any BLIP-2 checkpoint of ours (``convert --to ours`` directory, Lightning ``.ckpt``, FSDP2 directory)."""
+    try:
+        model: nn.Module = Blip2ForGeneration.from_pretrained(args.source)
+    except (KeyError, ValueError):  # a stage-1 model
+        model = Blip2Model.from_pretrained(args.source)
+    return export_transformers_blip2(model, args.output)
+
+
+def _lavis_to_ours_blip2(args: argparse.Namespace) -> Path:
+    """A LAVIS BLIP-2 ``.pth``, with ``--config``: a ``config.json`` of ours (sizes and, for stage 2, the LLM)."""
+    if args.config is None or not Path(args.config).is_file():
+        raise SystemExit(
+            "--model blip2 --from lavis needs --config <a config.json of ours: sizes and the LLM>"
+        )
+    values = json.loads(Path(args.config).read_text())
+    generation = "llm" in values
+    config = Blip2LLMConfig.from_dict(values) if generation else Blip2Config.from_dict(values)
+    model = Blip2ForGeneration(config) if generation else Blip2Model(config)
+    report = load_lavis_blip2(model, args.source, strict=args.strict)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    save_our_blip2(model, output)
+    summary = {"source": str(args.source), "model": type(model).__name__, "notes": [], **asdict(report)}
+    (output / "conversion.json").write_text(json.dumps(summary, indent=2))
+    return output
 
 
 CONVERTERS: dict[tuple[str, str, str], Converter] = {
@@ -178,6 +205,7 @@ CONVERTERS: dict[tuple[str, str, str], Converter] = {
     ("blip", "salesforce", "transformers"): _salesforce_to_transformers,
     ("blip", "lavis", "transformers"): _salesforce_to_transformers,
     ("blip2", "transformers", "ours"): _transformers_to_ours_blip2,
+    ("blip2", "lavis", "ours"): _lavis_to_ours_blip2,
     ("blip2", "ours", "transformers"): _ours_to_transformers_blip2,
 }
 """``(--model, --from, --to)`` -> the function that converts SRC into DST."""
@@ -198,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--config",
         help=f"--from salesforce/lavis: {'|'.join(VIT_PRESETS)} (ViT-B/16 or ViT-L/16 + BERT-base) or "
-        "the path of a config.json of ours",
+        "the path of a config.json of ours (--model blip2: a config.json of ours, naming the LLM)",
     )
     parser.add_argument(
         "--image-size", type=int, help="--from salesforce/lavis: resample the ViT position embeddings to it"

@@ -559,3 +559,33 @@ def test_convert_command_for_blip2_both_ways(pairs, tmp_path):
     expected, got = image_outputs(hf, converted, images())[0], image_outputs(back, converted, images())[0]
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, atol=ATOL, rtol=0)
+
+
+def test_convert_command_for_a_lavis_file_and_a_lightning_export(pairs, tmp_path):
+    from dataclasses import asdict
+
+    from lightning_blip.weights import convert
+
+    hf, _, converted, _ = pairs["opt"]
+    state = {k: v for k, v in lavis_state(hf, "opt").items() if not k.startswith("opt_model.")}
+    torch.save({"model": state}, tmp_path / "blip2.pth")
+    (tmp_path / "config.json").write_text(json.dumps(asdict(converted.config)))
+    with pytest.raises(SystemExit):
+        convert.main(
+            [
+                "--model",
+                "blip2",
+                "--from",
+                "lavis",
+                "--to",
+                "ours",
+                str(tmp_path / "blip2.pth"),
+                str(tmp_path / "o"),
+            ]
+        )
+    convert.main(["--model", "blip2", "--from", "lavis", "--to", "ours", "--config", str(tmp_path / "config.json"),
+                  str(tmp_path / "blip2.pth"), str(tmp_path / "ours")])  # fmt: skip
+    ours = Blip2ForGeneration.from_pretrained(tmp_path / "ours").eval()
+    torch.testing.assert_close(
+        ours.query_embeds(images()), converted.query_embeds(images()), atol=ATOL, rtol=0
+    )
