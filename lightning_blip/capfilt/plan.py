@@ -1,4 +1,4 @@
-"""The work of a CapFilt run: input sources read into records, cut into numbered chunks.
+"""The work of a CapFilt run: input sources cut into numbered chunks of records, read on demand.
 
 A chunk is up to ``shard_size`` consecutive records of one annotation file; chunk ``c`` becomes the
 output shard ``part-<c>.jsonl``. The numbering depends only on the sources (in config order, glob
@@ -8,8 +8,10 @@ shard exists.
 
 from __future__ import annotations
 
+import bisect
 import glob
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +54,46 @@ class Chunk:
         return self.stop - self.start
 
 
+class RecordStore(Sequence[ImageTextRecord]):
+    """The records of the plan's files, read one file at a time when asked for (streaming).
+
+    Record ``i`` is record ``i - offsets[k]`` of ``files[k]``, where ``offsets[k] <= i <
+    offsets[k + 1]``. Only the last file read is held, so memory follows one input shard, not the
+    data set; chunks are read in order, so each file is read about once per reader.
+    """
+
+    def __init__(self, files: list[str], offsets: list[int]) -> None:
+        self.files, self.offsets = files, offsets
+        self._held: tuple[int, list[ImageTextRecord]] | None = None
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        k = bisect.bisect_right(self.offsets, index) - 1
+        if self._held is None or self._held[0] != k:
+            quiet = logging.getLogger("lightning_blip.data.annotations")
+            level, quiet.level = quiet.level, logging.ERROR  # malformed records were reported by make_plan
+            try:
+                self._held = (k, load_annotations(self.files[k])[0])
+            finally:
+                quiet.setLevel(level)
+        return self._held[1][index - self.offsets[k]]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_held": None}  # workers read their own files
+
+
 @dataclass
 class Plan:
-    """All records, their chunks, and per source the malformed records and unreadable files skipped."""
+    """The records (read on demand), their chunks, and per source the malformed records and
+    unreadable files skipped."""
 
-    records: list[ImageTextRecord]
+    records: RecordStore
     chunks: list[Chunk]
     skipped: dict[str, dict[str, int]]
 
@@ -82,7 +119,8 @@ def make_plan(sources: list[Source], shard_size: int) -> Plan:
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be unique, got {names}")
-    records: list[ImageTextRecord] = []
+    files: list[str] = []
+    offsets = [0]
     chunks: list[Chunk] = []
     skipped = {s.name: {"malformed_records": 0, "unreadable_files": 0} for s in sources}
     for source in sources:
@@ -97,8 +135,9 @@ def make_plan(sources: list[Source], shard_size: int) -> Plan:
                 continue
             skipped[source.name]["malformed_records"] += malformed
             for start in range(0, len(file_records), shard_size):
-                offset = len(records) + start
+                offset = offsets[-1] + start
                 size = min(shard_size, len(file_records) - start)
                 chunks.append(Chunk(len(chunks), source.name, source.human_annotated, offset, offset + size))
-            records += file_records
-    return Plan(records, chunks, skipped)
+            files.append(path)
+            offsets.append(offsets[-1] + len(file_records))  # the file's records are let go here
+    return Plan(RecordStore(files, offsets), chunks, skipped)

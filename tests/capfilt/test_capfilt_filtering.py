@@ -142,3 +142,22 @@ def test_counts_of_a_judged_chunk(tmp_path: Path):
     ]
     assert counts == {"images_in": 4, "texts_in": 5, "web_kept": 1, "synthetic_generated": 3, "synthetic_kept": 2,
                       "human_kept": 0, "images_no_text_left": 1, "corrupt_images": 1}  # fmt: skip
+
+
+def test_the_plan_reads_records_one_file_at_a_time(tmp_path: Path):
+    """The plan keeps no records: each is read from its file when asked for, one file held at a time."""
+    import pickle
+
+    from lightning_blip.data.annotations import load_annotations
+
+    for k in range(3):
+        rows = [{"image": f"{k}-{i}.png", "caption": f"file {k} image {i}"} for i in range(k + 2)]
+        (tmp_path / f"web-{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plan = make_plan([Source("web", [str(tmp_path / "web-*.jsonl")])], shard_size=2)
+    expected = load_annotations(sorted(tmp_path.glob("web-*.jsonl")))[0]
+    assert len(plan.records) == len(expected) == 9
+    assert [plan.records[i] for i in range(9)] == expected == plan.records[0:9]
+    assert plan.records._held[0] == 2  # the last file read, and only it
+    assert pickle.loads(pickle.dumps(plan.records))._held is None  # a worker reads its own files
+    with pytest.raises(IndexError):
+        plan.records[9]
