@@ -100,6 +100,29 @@ def test_output_is_an_annotation_set_for_fit(setup: dict):
     assert not list(setup["reference"].glob("*.tmp"))
 
 
+def test_output_trains_with_lightning_blip_fit(setup: dict, tmp_path: Path):
+    from lightning_blip.cli import BlipCLI
+
+    cli = BlipCLI(
+        args=["-c", str(REPO / "recipes" / "blip_pretrain.yaml"), "-c", str(REPO / "tests" / "tiny.yaml"),
+              "-c", str(setup["reference"] / "data.yaml"), "--data.init_args.num_workers=0",
+              "--data.init_args.batch_size=4", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
+              "--trainer.max_steps=1", "--trainer.limit_val_batches=0"],
+        run=False,
+    )  # fmt: skip
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1
+
+
+def test_the_progress_bar_shows_images_per_second(setup: dict, tmp_path: Path, capsys):
+    out = tmp_path / "bar"
+    main(
+        [a.replace(str(setup["reference"]), str(out)) for a in setup["args"]]
+        + ["--trainer.enable_progress_bar=true"]
+    )
+    assert "images/s=" in capsys.readouterr().out  # Lightning's bar writes to stdout
+
+
 def test_a_restart_with_other_settings_is_refused(setup: dict):
     with pytest.raises(ValueError, match="seed"):
         main([*setup["args"], "--seed=1"])
