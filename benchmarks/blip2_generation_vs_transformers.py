@@ -22,7 +22,7 @@ import tempfile
 
 import torch
 import transformers
-from pretrain_step import timed
+from qformer_step import interleaved, ratios
 
 from lightning_blip.models.blip2_llm import Blip2ForGeneration
 from lightning_blip.models.small_llm import (
@@ -147,22 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             same = got == expected
             mismatch |= not same
             print(f"  {mode}: text {'OK (identical)' if same else 'MISMATCH'}, e.g. {got[0]!r}")
-        for _ in range(args.warmup):
-            for fn in calls.values():
-                fn()
-        times: dict = {key: [] for key in calls}
-        order = list(calls)
-        for i in range(args.repeats):
-            for key in order if i % 2 == 0 else order[::-1]:
-                times[key].append(timed(calls[key]))
+        times = interleaved(calls, args)
     print(f"\nseconds per call ({args.repeats} interleaved repeats after {args.warmup} warm-up):")
     for mode in modes:
         o, t = times[(mode, "ours")], times[(mode, "transformers")]
-        per_round = statistics.median(b / a for a, b in zip(o, t))
         print(
             f"  {mode}: ours {statistics.median(o):.3f} (min {min(o):.3f}), transformers "
-            f"{statistics.median(t):.3f} (min {min(t):.3f}); transformers / ours "
-            f"{statistics.median(t) / statistics.median(o):.2f}x of medians, {per_round:.2f}x per round"
+            f"{statistics.median(t):.3f} (min {min(t):.3f}); transformers / ours: "
+            f"{ratios(times, (mode, 'transformers'), (mode, 'ours'))}"
         )
     return 1 if mismatch else 0
 

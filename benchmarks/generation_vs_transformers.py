@@ -36,7 +36,8 @@ import tempfile
 
 import torch
 import transformers
-from pretrain_step import count_flops, profile, reinit_, timed
+from pretrain_step import count_flops, profile, reinit_
+from qformer_step import interleaved
 from torch import Tensor
 
 from lightning_blip.models.blip import BlipModel
@@ -207,15 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         flops = {key: count_flops(fn) for key, fn in calls.items()}
         flops |= {("ViT", side): count_flops(fn) for side, fn in vits.items()}
-        for _ in range(args.warmup):
-            for fn in calls.values():
-                fn()
-        timings = {**calls, **{("ViT", side): fn for side, fn in vits.items()}}
-        times: dict = {key: [] for key in timings}
-        order = list(timings)
-        for i in range(args.repeats):
-            for key in order if i % 2 == 0 else order[::-1]:
-                times[key].append(timed(timings[key]))
+        times = interleaved({**calls, **{("ViT", side): fn for side, fn in vits.items()}}, args)
 
     med = {key: statistics.median(ts) for key, ts in times.items()}
     print(f"\nseconds per call ({args.repeats} interleaved repeats after {args.warmup} warm-up):")

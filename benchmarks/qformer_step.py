@@ -45,7 +45,7 @@ import argparse
 import platform
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 from pretrain_step import count_flops, make_batch, profile, reinit_, timed
@@ -260,12 +260,14 @@ def build_stage1(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
 # ------------------------------------------------------------------------------------------------
 # timing
 # ------------------------------------------------------------------------------------------------
-def interleaved(steps: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, list[float]]:
+def interleaved(
+    steps: dict[Hashable, Callable[[], object]], args: argparse.Namespace
+) -> dict[Hashable, list[float]]:
     """Warm-up, then ``--repeats`` rounds over ``steps``, the order reversed every other round."""
     for _ in range(args.warmup):
         for step in steps.values():
             step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    times: dict[Hashable, list[float]] = {name: [] for name in steps}
     order = list(steps)
     for i in range(args.repeats):
         for name in order if i % 2 == 0 else order[::-1]:
