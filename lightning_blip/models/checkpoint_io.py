@@ -21,11 +21,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
         return load_file(str(path))
-    obj = load_torch_file(path)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
+    obj = unwrap_state_dict(load_torch_file(path))
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return obj
@@ -47,3 +43,12 @@ def load_torch_file(path: str | Path, mmap: bool = False) -> object:
             f"(torch.load(weights_only=True) failed: {err}). Re-save it as safetensors or as a plain "
             "state dict of tensors."
         ) from err
+
+
+def unwrap_state_dict(obj: object) -> object:
+    """The state dict inside a Lightning checkpoint (``state_dict``) or a salesforce/LAVIS file
+    (``model``, ``module``); anything else unchanged."""
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return obj[key]
+    return obj

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
-from lightning_blip.models.checkpoint_io import load_state_dict_file, load_torch_file
+from lightning_blip.models.checkpoint_io import load_state_dict_file, load_torch_file, unwrap_state_dict
 
 DISTRIBUTED_METADATA = ".metadata"
 
@@ -54,11 +55,16 @@ def detect_format(path: str | Path) -> str:
         return "transformers" if "model_type" in json.loads(config_file.read_text()) else "ours"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.suffix != ".safetensors":
+    # the key names only: safetensors' header, or a memory-mapped torch file (no tensor is read)
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+    else:
         head = load_torch_file(path, mmap=True)
         if isinstance(head, dict) and "state_dict" in head and "hyper_parameters" in head:
             return "lightning"
-    keys = load_state_dict_file(path).keys()
+        state = unwrap_state_dict(head)
+        keys = list(state) if isinstance(state, dict) else []
     if any(k.startswith("Qformer.") for k in keys):
         return "lavis-blip2"
     if any(
@@ -191,10 +197,11 @@ def _from_salesforce(cls: type[nn.Module], path: Path, config: Any, strict: bool
     """``config``: our ``BlipConfig``, or ``"base"`` / ``"large"`` (BLIP's ViT-B/16, ViT-L/16; default base)."""
     from lightning_blip.weights.salesforce_blip import blip_config, load_salesforce_blip
 
+    state = load_state_dict_file(path)  # read once: for the sizes and the weights
     if config is None or isinstance(config, str):
-        config = blip_config(config or "base", load_state_dict_file(path))
+        config = blip_config(config or "base", state)
     model = cls(config)
-    load_salesforce_blip(model, path, strict=strict)
+    load_salesforce_blip(model, state, strict=strict)
     return model
 
 
