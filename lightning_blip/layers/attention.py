@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_blip.layers.regrouped_attention import regrouped_cross_attention
+
 KeyValue = tuple[Tensor, Tensor]
 """Keys and values of one attention layer, each ``(B, H, S, Dh)``."""
 
@@ -56,31 +58,13 @@ class KeyValueProjection(nn.Module):
         """Attention of projected queries ``q`` ``(B, H, L, Dh)`` over ``context`` ``(B, N, kv_dim)``.
 
         Returns ``(B, H, L, Dh)``, equal to attending over :meth:`forward`'s keys/values, without
-        computing them: the projections move to the queries' side, ``q (X Wk^T)^T = (q Wk) X^T`` and
-        ``P (X Wv^T + b) = (P X) Wv^T + (P 1) b``. Per context token that costs ``H * L`` instead of
-        ``D`` multiply-adds per context feature, so it is the cheaper form when few queries read the
-        context once (the Q-Former's 32 queries over the image: 12 * 32 < 768). The key bias adds the
-        same score ``q . b`` to a whole row; it is kept so that its gradient (zero up to rounding)
-        exists, as in the usual form (DDP expects every parameter to take part).
+        computing them (:func:`regrouped_cross_attention`): the cheaper form when few queries read the
+        context once.
         """
-        B, H, L, Dh = q.shape
-
-        def to_heads(t: Tensor) -> Tensor:  # (H, B*L, .) -> (B, H, L, .)
-            return t.unflatten(1, (B, L)).transpose(0, 1)
-
-        def from_heads(t: Tensor) -> Tensor:  # (B, H, L, .) -> (H, B*L, .)
-            return t.transpose(0, 1).flatten(1, 2)
-
-        q = q * Dh**-0.5
-        q_key = to_heads(from_heads(q) @ self.key.weight.view(H, Dh, -1))  # (B, H, L, kv_dim)
-        row_bias = (q * self.key.bias.view(H, 1, Dh)).sum(-1, keepdim=True)  # (B, H, L, 1)
-        # X (q Wk)^T, not (q Wk) X^T: the gradient for the context then comes out contiguous
-        scores = (context @ q_key.flatten(1, 2).transpose(1, 2)).transpose(1, 2).view(B, H, L, -1) + row_bias
-        probs = attention_probs(scores, attn_mask, dropout, q.dtype)
-        mixed = (probs.flatten(1, 2) @ context).view(B, H, L, -1)  # (B, H, L, kv_dim)
-        out = to_heads(from_heads(mixed) @ self.value.weight.view(H, Dh, -1).transpose(1, 2))
-        bias = self.value.bias.view(H, 1, Dh)
-        return out + (probs.sum(-1, keepdim=True) * bias if dropout > 0 else bias)
+        key, value = self.key, self.value
+        return regrouped_cross_attention(
+            q, context, key.weight, key.bias, value.weight, value.bias, attn_mask, dropout
+        )
 
 
 class MultiHeadAttention(nn.Module):

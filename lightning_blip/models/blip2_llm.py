@@ -388,31 +388,13 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
     ) -> list[str]:
         """Text for each image ``(B, 3, H, W)`` -> ``B * num_return_sequences`` strings (grouped by image).
 
-        ``prompt``: one for all images, one per image, or None for ``config.prompt``. Decoder-only
-        LLMs get ``[pads ; queries ; BOS + prompt]`` (left padding, so a batch generates as its rows
-        would alone) and stop at a newline; encoder-decoder LLMs get ``[queries ; prompt + EOS]``
-        with right padding.
+        ``prompt``: one for all images, one per image, or None for ``config.prompt``. The LLM's
+        inputs are :meth:`generation_inputs`; decoder-only LLMs stop at a newline. With several beams
+        (or sampled sequences) per image, a decoder-only LLM reads ``[queries ; prompt]`` once per
+        image and its cache is copied to the beams, where transformers' ``generate`` alone would run
+        the whole prefix once per beam.
         """
-        B = pixel_values.shape[0]
-        prompt = self.config.prompt if prompt is None else prompt
-        prompts = [prompt] * B if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != B:
-            raise ValueError(f"got {len(prompts)} prompts for {B} images")
-        queries = self.query_embeds(pixel_values)
-        tok, device = self.tokenizer, pixel_values.device
-        if self.is_encoder_decoder:
-            tokens = tok(prompts, padding="longest", padding_side="right", return_tensors="pt").to(device)
-            inputs, query_mask = self._embed(tokens.input_ids, queries)
-            attention_mask = torch.cat([query_mask, tokens.attention_mask], dim=1)
-        else:
-            tokens = tok(prompts, add_special_tokens=False, padding="longest", return_tensors="pt").to(device)
-            prefix = torch.tensor(self._prefix_ids, dtype=torch.long, device=device).expand(B, -1)
-            inputs, query_mask = self._embed(torch.cat([prefix, tokens.input_ids], dim=1), queries)
-            attention_mask = torch.cat([query_mask, torch.ones_like(prefix), tokens.attention_mask], dim=1)
-            # move every pad to the front, keeping the order of the rest (a stable sort of the 0/1 mask)
-            order = torch.argsort(attention_mask, dim=1, stable=True)
-            inputs = inputs.gather(1, order.unsqueeze(-1).expand_as(inputs))
-            attention_mask = attention_mask.gather(1, order)
+        inputs, attention_mask = self.generation_inputs(pixel_values, prompt)
         options = {
             "num_beams": num_beams,
             "do_sample": do_sample,
@@ -424,19 +406,65 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
             options.update(top_p=top_p, temperature=temperature)
         if repetition_penalty != 1.0:
             options["repetition_penalty"] = repetition_penalty
+        expansion = num_beams if num_beams > 1 else num_return_sequences  # rows per image in generate()
+        if not self.is_encoder_decoder and expansion > 1:
+            # [queries; prompt] but its last position once per image, not once per beam: the cache is
+            # then copied to every beam, and generate() runs the last position only
+            options["past_key_values"] = self._prefix_cache(inputs[:, :-1], attention_mask[:, :-1], expansion)
         sequences = self.llm.generate(
             inputs_embeds=inputs,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             eos_token_id=self._eos_ids,
-            pad_token_id=tok.pad_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
             **options,
         )
-        texts = tok.batch_decode(sequences, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         if not self.is_encoder_decoder:
             texts = [t.split("\n", 1)[0] for t in texts]
         return [t.strip() for t in texts]
+
+    def generation_inputs(
+        self, pixel_values: Tensor, prompt: str | list[str] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The LLM's input embeddings ``(B, S, D_llm)`` and attention mask ``(B, S)`` for generation.
+
+        Decoder-only LLMs get ``[pads ; queries ; BOS + prompt]`` (left padding, so a batch generates
+        as its rows would alone); encoder-decoder LLMs get ``[queries ; prompt + EOS]`` with right
+        padding. ``prompt``: one for all images, one per image, or None for ``config.prompt``.
+        """
+        B = pixel_values.shape[0]
+        prompt = self.config.prompt if prompt is None else prompt
+        prompts = [prompt] * B if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != B:
+            raise ValueError(f"got {len(prompts)} prompts for {B} images")
+        queries = self.query_embeds(pixel_values)
+        tok, device = self.tokenizer, pixel_values.device
+        if self.is_encoder_decoder:
+            tokens = tok(prompts, padding="longest", padding_side="right", return_tensors="pt").to(device)
+            inputs, query_mask = self._embed(tokens.input_ids, queries)
+            return inputs, torch.cat([query_mask, tokens.attention_mask], dim=1)
+        tokens = tok(prompts, add_special_tokens=False, padding="longest", return_tensors="pt").to(device)
+        prefix = torch.tensor(self._prefix_ids, dtype=torch.long, device=device).expand(B, -1)
+        inputs, query_mask = self._embed(torch.cat([prefix, tokens.input_ids], dim=1), queries)
+        attention_mask = torch.cat([query_mask, torch.ones_like(prefix), tokens.attention_mask], dim=1)
+        # move every pad to the front, keeping the order of the rest (a stable sort of the 0/1 mask)
+        order = torch.argsort(attention_mask, dim=1, stable=True)
+        inputs = inputs.gather(1, order.unsqueeze(-1).expand_as(inputs))
+        return inputs, attention_mask.gather(1, order)
+
+    def _prefix_cache(self, inputs: Tensor, attention_mask: Tensor, repeats: int):
+        """The decoder-only LLM's cache of ``inputs`` ``(B, S, D_llm)``, each row repeated ``repeats``
+        times (as generate() orders beams and returned sequences)."""
+        extra = {}
+        if "position_ids" in inspect.signature(self.llm.forward).parameters:
+            # as generate() numbers left-padded rows: from the first real token
+            extra["position_ids"] = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        out = self.llm(inputs_embeds=inputs, attention_mask=attention_mask, use_cache=True, **extra)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(repeats)
+        return cache
 
     @torch.no_grad()
     def answer(
