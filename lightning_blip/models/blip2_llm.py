@@ -528,8 +528,7 @@ def _blip2_language_model(directory: str, llm: PreTrainedModel) -> PreTrainedMod
     prefix = "language_model."
     state = {
         k[len(prefix) :]: v
-        for k, v in read_transformers_state_dict(directory).items()
-        if k.startswith(prefix)
+        for k, v in read_transformers_state_dict(directory, lambda k: k.startswith(prefix)).items()
     }
     missing, unexpected = llm.load_state_dict(state, strict=False)
     llm.tie_weights()

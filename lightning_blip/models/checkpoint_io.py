@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+def load_state_dict_file(path: str | Path, keep: Callable[[str], bool] | None = None) -> dict[str, Tensor]:
     """Load a flat ``{name: tensor}`` dict from a safetensors or torch file, never unpickling code.
 
     A Lightning checkpoint's ``state_dict`` and a salesforce/LAVIS ``{"model": ...}`` wrapper are
     unwrapped. A file that needs arbitrary unpickling is refused with a message that says so.
+    ``keep``: only the names it accepts (a safetensors file then reads only those tensors).
     """
     path = Path(path)
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
-        return load_file(str(path))
+        if keep is None:
+            return load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            names = [name for name in f.keys() if keep(name)]  # noqa: SIM118 (not iterable)
+            return {name: f.get_tensor(name) for name in names}
     obj = unwrap_state_dict(load_torch_file(path))
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
-    return obj
+    return obj if keep is None else {name: t for name, t in obj.items() if keep(name)}
 
 
 def load_torch_file(path: str | Path, mmap: bool = False) -> object:

@@ -187,9 +187,12 @@ def _from_transformers_blip2(cls: type[nn.Module], path: Path, config: Any, stri
         load_transformers_blip2,
     )
 
-    # a Blip2ForConditionalGeneration's LLM is read from the same directory (its language_model.*)
+    # a Blip2ForConditionalGeneration's LLM is read from the same directory (its language_model.*),
+    # when the model is built; the rest of the weights are then read without it
     model = cls(config if config is not None else blip2_config_from_transformers(path, llm=path)[0])
-    load_transformers_blip2(model, path, strict=strict)
+    llm = getattr(model.config, "llm", None)
+    llm_loaded = llm is not None and Path(llm).resolve() == path.resolve()
+    load_transformers_blip2(model, path, strict=strict, llm_loaded=llm_loaded)
     return model
 
 

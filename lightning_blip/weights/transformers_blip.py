@@ -42,6 +42,7 @@ which our model keeps. Outputs differ slightly for that reason alone.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -161,28 +162,43 @@ def transformers_vision_sizes(vit: nn.Module, image_size: int) -> dict:
     }
 
 
-def read_transformers_state_dict(directory: str | Path) -> dict[str, Tensor]:
-    """The state dict of a ``save_pretrained`` directory (safetensors, sharded or not, or a torch file)."""
+def read_transformers_state_dict(
+    directory: str | Path, keep: Callable[[str], bool] | None = None
+) -> dict[str, Tensor]:
+    """The state dict of a ``save_pretrained`` directory (safetensors, sharded or not, or a torch file).
+
+    ``keep``: only the names it accepts (from safetensors, only those tensors are read).
+    """
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted({shard for name, shard in weight_map.items() if keep is None or keep(name)})
         state: dict[str, Tensor] = {}
         for shard in shards:
-            state.update(load_state_dict_file(directory / shard))
+            state.update(load_state_dict_file(directory / shard, keep))
         return state
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (directory / name).is_file():
-            return load_state_dict_file(directory / name)
+            return load_state_dict_file(directory / name, keep)
     raise FileNotFoundError(f"no model.safetensors(.index.json) or pytorch_model.bin in {directory}")
 
 
-def read_source(source: str | Path | dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
-    """``(state dict, name for messages)`` of a ``save_pretrained`` directory, a weights file or a state dict."""
+def read_source(
+    source: str | Path | dict[str, Tensor], keep: Callable[[str], bool] | None = None
+) -> tuple[dict[str, Tensor], str]:
+    """``(state dict, name for messages)`` of a ``save_pretrained`` directory, a weights file or a
+    state dict; ``keep``: only the names it accepts."""
     if isinstance(source, dict):
-        return source, "state dict"
-    path = Path(source)
-    return (read_transformers_state_dict(path) if path.is_dir() else load_state_dict_file(path)), str(path)
+        state = source
+    else:
+        path = Path(source)
+        state = (
+            read_transformers_state_dict(path, keep) if path.is_dir() else load_state_dict_file(path, keep)
+        )
+    if keep is not None:
+        state = {name: t for name, t in state.items() if keep(name)}
+    return state, "state dict" if isinstance(source, dict) else str(source)
 
 
 def load_transformers_blip(

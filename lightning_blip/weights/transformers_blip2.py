@@ -180,7 +180,7 @@ def match_qkv_bias(state: dict[str, Tensor], attention: str, split: bool) -> dic
 
 
 def load_transformers_blip2(
-    model: nn.Module, source: str | Path | dict[str, Tensor], strict: bool = True
+    model: nn.Module, source: str | Path | dict[str, Tensor], strict: bool = True, llm_loaded: bool = False
 ) -> LoadReport:
     """Load a transformers BLIP-2 checkpoint into our model (in place).
 
@@ -190,18 +190,20 @@ def load_transformers_blip2(
             checkpoint's (:func:`blip2_config_from_transformers`).
         source: a ``save_pretrained`` directory, a weights file, or a state dict.
         strict: raise ``KeyError`` on missing keys (beyond :data:`EXPECTED_ABSENT`) and unexpected keys.
+        llm_loaded: the model's LLM already holds this source's ``language_model.*`` (its
+            ``config.llm`` is this directory): those weights are neither read nor loaded again.
 
     Raises:
         ValueError: a shape differs (key and both shapes named).
     """
     kind = model_kind(model)
-    state, name = read_source(source)
+    state, name = read_source(source, (lambda k: not k.startswith("language_model.")) if llm_loaded else None)
     state = match_qkv_bias(state, VIT_ATTENTION, split=has_split_qkv_bias(model))
     return load_with_rules(
         model,
         state,
         TRANSFORMERS_BLIP2_RULES,
-        EXPECTED_ABSENT[kind],
+        EXPECTED_ABSENT[kind] + ((r"llm\..*",) if llm_loaded else ()),
         IGNORED[kind],
         strict=strict,
         source=name,

@@ -524,6 +524,43 @@ def test_from_pretrained_reads_the_transformers_directory_and_our_converted_one(
         other.from_pretrained(converted_dir)
 
 
+@pytest.mark.parametrize("kind", ["opt", "t5"])
+def test_from_pretrained_reads_each_tensor_of_a_transformers_directory_once(pairs, kind, monkeypatch):
+    """The LLM takes ``language_model.*`` when it is built; the rest is read without them."""
+    from safetensors import safe_open
+
+    from lightning_blip.models import checkpoint_io
+
+    _, source, _, _ = pairs[kind]
+    with safe_open(str(source / "model.safetensors"), "pt") as f:
+        in_file = sorted(f.keys())
+    reads: list[str] = []
+
+    class CountingFile:
+        def __init__(self, *args, **kwargs):
+            self.file = safe_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def keys(self):
+            return self.file.keys()
+
+        def get_tensor(self, name):
+            reads.append(name)
+            return self.file.get_tensor(name)
+
+    load_file = checkpoint_io.load_file
+    monkeypatch.setattr(checkpoint_io, "safe_open", CountingFile)
+    monkeypatch.setattr(checkpoint_io, "load_file", lambda *a: reads.extend(state := load_file(*a)) or state)
+    Blip2ForGeneration.from_pretrained(source)
+    assert sorted(reads) == in_file
+
+
 def test_from_pretrained_reads_a_lavis_file_with_the_config_given(pairs, tmp_path):
     hf, _, converted, _ = pairs["opt"]
     state = {k: v for k, v in lavis_state(hf, "opt").items() if not k.startswith("opt_model.")}
