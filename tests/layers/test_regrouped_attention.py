@@ -14,9 +14,18 @@ def _inputs(dtype: torch.dtype = torch.float64):
     q = torch.randn(B, H, L, Dh, generator=g, dtype=dtype)
     context = torch.randn(B, N, E, generator=g, dtype=dtype)
     weights = [torch.randn(*shape, generator=g, dtype=dtype) * 0.5 for shape in ((H * Dh, E), (H * Dh,)) * 2]
-    mask = torch.ones(B, 1, 1, N, dtype=torch.bool)
-    mask[1, ..., 3:] = False
+    mask = torch.rand(B, H, L, N, generator=g) > 0.4  # per image, head and query
+    mask[..., 0] = True
     return q, context, weights, mask
+
+
+def test_equals_attention_over_the_projected_keys_values_with_a_mask_per_head_and_query():
+    q, context, (wk, bk, wv, bv), mask = _inputs()
+    H, Dh = q.shape[1], q.shape[3]
+    k, v = ((context @ w.T + b).unflatten(-1, (H, Dh)).transpose(1, 2) for w, b in ((wk, bk), (wv, bv)))
+    scores = (q @ k.transpose(-2, -1) * Dh**-0.5).masked_fill(~mask, float("-inf"))
+    expected = scores.softmax(-1) @ v
+    torch.testing.assert_close(regrouped_cross_attention(q, context, wk, bk, wv, bv, mask), expected)
 
 
 def test_gradients_equal_finite_differences_with_a_mask():
