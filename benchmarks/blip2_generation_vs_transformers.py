@@ -22,6 +22,7 @@ import tempfile
 
 import torch
 import transformers
+from pretrain_step import add_timing_arguments, prepare_torch
 from qformer_step import interleaved, ratios
 
 from lightning_blip.models.blip2_llm import Blip2ForGeneration
@@ -48,10 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-beams", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--prompt", default="a photo of")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    add_timing_arguments(p, warmup=1, repeats=5)
     return p.parse_args(argv)
 
 
@@ -99,10 +97,7 @@ def build_transformers(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    flush = torch.set_flush_denormal(True)
-    torch.manual_seed(args.seed)
-    transformers.logging.set_verbosity_error()
+    flush = prepare_torch(args)
 
     hf, tokenizer = build_transformers(args)
     with tempfile.TemporaryDirectory() as directory:

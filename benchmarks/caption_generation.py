@@ -32,7 +32,7 @@ import statistics
 import sys
 
 import torch
-from pretrain_step import count_flops, reinit_, timed
+from pretrain_step import add_timing_arguments, count_flops, prepare_torch, reinit_, timed
 
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.generation import generate_ids
@@ -56,10 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-beams", type=int, default=3)
     p.add_argument("--max-length", type=int, default=20)
     p.add_argument("--min-length", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    add_timing_arguments(p, warmup=1, repeats=5)
     return p.parse_args(argv)
 
 
@@ -90,9 +87,7 @@ def build(args) -> BlipModel:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    flush = torch.set_flush_denormal(True)
-    torch.manual_seed(args.seed)
+    flush = prepare_torch(args)
     model = build(args)
     pixel_values = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     prompt = torch.tensor([PROMPT_IDS] * args.batch_size)

@@ -36,7 +36,8 @@ import tempfile
 
 import torch
 import transformers
-from pretrain_step import count_flops, profile, reinit_
+from pretrain_step import PRESETS as PRETRAIN_PRESETS
+from pretrain_step import add_timing_arguments, count_flops, fill_from_preset, prepare_torch, profile, reinit_
 from qformer_step import interleaved
 from torch import Tensor
 
@@ -47,7 +48,7 @@ from lightning_blip.weights.convert import blip_config_from_transformers
 from lightning_blip.weights.transformers_blip import load_transformers_blip
 
 PRESETS = {
-    # BLIP-shaped (224 px, patch 16, head dim 64, FFN 4x) but small, as pretrain_step.py's tiny preset
+    # BLIP-shaped (224 px, patch 16, head dim 64, FFN 4x) but small: pretrain_step.py's tiny, 4 deep
     "tiny": {
         "image_size": 224,
         "patch_size": 16,
@@ -58,17 +59,8 @@ PRESETS = {
         "text_layers": 4,
         "text_heads": 4,
     },
-    # BLIP's captioner: ViT-B/16 + BERT-base (slow on CPU)
-    "base": {
-        "image_size": 224,
-        "patch_size": 16,
-        "vision_width": 768,
-        "vision_depth": 12,
-        "vision_heads": 12,
-        "text_width": 768,
-        "text_layers": 12,
-        "text_heads": 12,
-    },
+    # BLIP's captioner: ViT-B/16 + BERT-base (slow on CPU), as pretrain_step.py's base preset
+    "base": {k: v for k, v in PRETRAIN_PRESETS["base"].items() if not k.endswith("_ffn")},
 }
 
 PROMPT = "a picture of "
@@ -87,16 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=20)
     p.add_argument("--min-length", type=int, default=5)
     p.add_argument("--length-penalty", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", action="store_true", help="after timing, profile one call of each side")
-    p.add_argument("--profile-rows", type=int, default=20)
+    add_timing_arguments(p, warmup=1, repeats=5, profile_rows=20)
     args = p.parse_args(argv)
-    for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_from_preset(args, PRESETS)
     return args
 
 
@@ -138,11 +123,7 @@ def same_captions(a: Tensor, b: Tensor, sep: int, pad: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    flush = torch.set_flush_denormal(True)
-    torch.manual_seed(args.seed)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    flush = prepare_torch(args)
 
     hf = build_transformers(args)
     with tempfile.TemporaryDirectory() as directory:

@@ -73,6 +73,27 @@ PRESETS = {
 CLS_ID, SEP_ID, PAD_ID, DEC_ID, ENC_ID = 101, 102, 0, 30522, 30523
 
 
+def add_timing_arguments(
+    p: argparse.ArgumentParser, warmup: int, repeats: int, profile_rows: int | None = None
+) -> None:
+    """``--threads``, ``--warmup``, ``--repeats``, ``--seed``; ``--profile`` and ``--profile-rows`` too
+    when ``profile_rows`` is given."""
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed calls per side before timing")
+    p.add_argument("--repeats", type=int, default=repeats, help="timed calls per side, interleaved")
+    p.add_argument("--seed", type=int, default=0)
+    if profile_rows is not None:
+        p.add_argument("--profile", action="store_true", help="after timing, profile one call of each side")
+        p.add_argument("--profile-rows", type=int, default=profile_rows)
+
+
+def fill_from_preset(args: argparse.Namespace, presets: dict[str, dict]) -> None:
+    """Size flags left unset take the value of ``args.preset`` in ``presets``."""
+    for name, value in presets[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,21 +133,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--alpha", type=float, default=0.4, help="momentum distillation weight")
     p.add_argument("--momentum", type=float, default=0.995)
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side before timing")
-    p.add_argument("--repeats", type=int, default=7, help="timed steps per side, interleaved")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", action="store_true", help="after timing, profile one step of each side")
-    p.add_argument("--profile-rows", type=int, default=25)
+    add_timing_arguments(p, warmup=2, repeats=7, profile_rows=25)
     p.add_argument(
         "--phases",
         action="store_true",
         help="after timing, print a per-phase breakdown (median of --repeats) of each side",
     )
     args = p.parse_args(argv)
-    for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_from_preset(args, PRESETS)
     if args.attention_dropout is None:
         args.attention_dropout = args.dropout
     if args.queue_size is None:
@@ -419,6 +433,19 @@ def reference_params(ref: Reference) -> tuple[int, int, int, int]:
 # ------------------------------------------------------------------------------------------------
 # timing
 # ------------------------------------------------------------------------------------------------
+def prepare_torch(args: argparse.Namespace) -> bool:
+    """Benchmark hygiene: ``args.threads`` threads, denormals flushed, ``args.seed``; transformers'
+    logging and progress bars quiet. Returns whether denormals are flushed (the CPU may not allow it)."""
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    flush = torch.set_flush_denormal(True)
+    torch.manual_seed(args.seed)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return flush
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -613,9 +640,7 @@ def print_phases(ours, ref, pixel_values, input_ids, attention_mask, args) -> No
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    flush = torch.set_flush_denormal(True)
-    torch.manual_seed(args.seed)
+    flush = prepare_torch(args)
     import transformers
 
     pixel_values, input_ids, attention_mask = make_batch(args)

@@ -48,7 +48,16 @@ import sys
 from collections.abc import Callable, Hashable
 
 import torch
-from pretrain_step import count_flops, make_batch, profile, reinit_, timed
+from pretrain_step import (
+    add_timing_arguments,
+    count_flops,
+    fill_from_preset,
+    make_batch,
+    prepare_torch,
+    profile,
+    reinit_,
+    timed,
+)
 from torch import Tensor, nn
 
 PRESETS = {
@@ -113,16 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--vit-heads", type=int, default=16, help="heads of the frozen ViT in part stage1")
     p.add_argument("--embed-dim", type=int, default=256, help="ITC projection width (stage1)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side before timing")
-    p.add_argument("--repeats", type=int, default=9, help="timed steps per side, interleaved")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", action="store_true", help="after timing, profile one step of each side")
-    p.add_argument("--profile-rows", type=int, default=25)
+    add_timing_arguments(p, warmup=2, repeats=9, profile_rows=25)
     args = p.parse_args(argv)
-    for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_from_preset(args, PRESETS)
     if args.attention_dropout is None:
         args.attention_dropout = args.dropout
     args.image_tokens = (args.image_size // args.patch_size) ** 2 + 1
@@ -428,9 +430,7 @@ def compare_stage1(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the selected parts and print their timings."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    flush = torch.set_flush_denormal(True)
-    torch.manual_seed(args.seed)
+    flush = prepare_torch(args)
     import transformers
 
     print("BLIP-2 Q-Former training steps: lightning_blip vs transformers (fp32, CPU)")

@@ -33,6 +33,7 @@ import sys
 import time
 
 import torch
+from pretrain_step import prepare_torch
 from torch import Tensor
 
 from lightning_blip.models.blip import BlipConfig, BlipModel
@@ -145,9 +146,7 @@ def timed(fn):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    prepare_torch(args)
     model = build_model(args)
     pixel_values, ids, mask = make_data(args, model.config.vision.image_size)
     with torch.no_grad():

@@ -41,6 +41,7 @@ from lightning_blip.weights.salesforce_blip import (
     load_salesforce_blip,
 )
 from lightning_blip.weights.transformers_blip import (
+    bert_fields_from_transformers,
     load_transformers_blip,
     read_source,
     vision_config_from_transformers,
@@ -61,18 +62,7 @@ def blip_config_from_transformers(directory: str | Path) -> tuple[BlipConfig, li
     hf = HFBlipConfig.from_pretrained(str(directory), local_files_only=True)
     v, t = hf.vision_config, hf.text_config
     vision = vision_config_from_transformers(v, "vit_base_patch16_224")  # sizes from v
-    text = MEDConfig(
-        vocab_size=t.vocab_size,
-        hidden_size=t.hidden_size,
-        num_layers=t.num_hidden_layers,
-        num_heads=t.num_attention_heads,
-        intermediate_size=t.intermediate_size,
-        max_position_embeddings=t.max_position_embeddings,
-        dropout=t.hidden_dropout_prob,
-        attention_dropout=t.attention_probs_dropout_prob,
-        layer_norm_eps=t.layer_norm_eps,
-        pad_token_id=t.pad_token_id,
-    )
+    text = MEDConfig(**bert_fields_from_transformers(t))
     config = BlipConfig(
         vision=vision,
         text=text,

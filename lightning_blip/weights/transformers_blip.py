@@ -147,6 +147,23 @@ def vision_config_from_transformers(v, model_name: str, **kw) -> VisionConfig:
     return VisionConfig(model_name=model_name, image_size=v.image_size, timm_kwargs=timm_kwargs, **kw)
 
 
+def bert_fields_from_transformers(t) -> dict:
+    """The BERT-shaped fields that our ``MEDConfig`` and ``QFormerConfig`` share, from a transformers
+    BLIP text or BLIP-2 Q-Former config ``t``."""
+    return {
+        "vocab_size": t.vocab_size,
+        "hidden_size": t.hidden_size,
+        "num_layers": t.num_hidden_layers,
+        "num_heads": t.num_attention_heads,
+        "intermediate_size": t.intermediate_size,
+        "max_position_embeddings": t.max_position_embeddings,
+        "dropout": t.hidden_dropout_prob,
+        "attention_dropout": t.attention_probs_dropout_prob,
+        "layer_norm_eps": t.layer_norm_eps,
+        "pad_token_id": t.pad_token_id,
+    }
+
+
 def transformers_vision_sizes(vit: nn.Module, image_size: int) -> dict:
     """The fields of a transformers BLIP / BLIP-2 vision config, read from our timm ``vit``."""
     block = vit.blocks[0]

@@ -56,6 +56,7 @@ from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
 from lightning_blip.models.qformer import QFormerConfig
 from lightning_blip.weights.keymap import LoadReport, Rule, load_with_rules
 from lightning_blip.weights.transformers_blip import (
+    bert_fields_from_transformers,
     read_source,
     read_transformers_state_dict,
     vision_config_from_transformers,
@@ -242,20 +243,11 @@ def blip2_config_from_transformers(
     v, q = hf.vision_config, hf.qformer_config
     vision = vision_config_from_transformers(v, "eva_giant_patch14_224", final_norm=False)  # sizes from v
     qformer = QFormerConfig(
-        vocab_size=q.vocab_size,
-        hidden_size=q.hidden_size,
-        num_layers=q.num_hidden_layers,
-        num_heads=q.num_attention_heads,
-        intermediate_size=q.intermediate_size,
-        max_position_embeddings=q.max_position_embeddings,
+        **bert_fields_from_transformers(q),
         encoder_width=v.hidden_size,
         cross_attention_freq=q.cross_attention_frequency,
         num_query_tokens=hf.num_query_tokens,
         text=kind == "retrieval",
-        dropout=q.hidden_dropout_prob,
-        attention_dropout=q.attention_probs_dropout_prob,
-        layer_norm_eps=q.layer_norm_eps,
-        pad_token_id=q.pad_token_id,
         initializer_range=q.initializer_range,
     )
     notes = []

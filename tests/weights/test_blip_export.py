@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 from conftest import text_batch, tiny_blip, tiny_vision
-from test_blip_transformers_parity import images, randomise, until_sep
+from test_blip_transformers_parity import assert_same_lm_logits, images, randomise, until_sep
 
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.generation import generate_ids
@@ -89,13 +89,7 @@ def test_retrieval_itc_and_itm_match(exported, ours):
 
 
 def test_lm_logits_match(exported, ours):
-    caption = exported[0]
-    pixels = images()
-    ids, mask = text_batch(batch=3)
-    ids[:, 0] = ours.config.bos_token_id
-    expected = caption(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits
-    logits = ours.lm_logits(ids, mask, image_embeds=ours.forward_image(pixels))
-    torch.testing.assert_close(logits * mask[..., None], expected * mask[..., None], atol=ATOL, rtol=0)
+    assert_same_lm_logits(ours, exported[0])
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])

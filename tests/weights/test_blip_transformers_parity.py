@@ -140,14 +140,19 @@ def test_itm_logits_match_when_transformers_gets_enc(retrieval_pair):
     assert not torch.allclose(ours_logits, with_cls, atol=1e-3)
 
 
-def test_lm_logits_match(caption_pair):
-    hf, ours, *_ = caption_pair
+def assert_same_lm_logits(ours: BlipModel, hf_captioner) -> None:
+    """Our LM logits equal a transformers ``BlipForConditionalGeneration``'s on padded captions."""
     pixels = images()
     ids, mask = text_batch(batch=3)
     ids[:, 0] = ours.config.bos_token_id  # transformers' forward uses the ids as given
-    expected = hf(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits
+    expected = hf_captioner(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits
     logits = ours.lm_logits(ids, mask, image_embeds=ours.forward_image(pixels))
     torch.testing.assert_close(logits * mask[..., None], expected * mask[..., None], atol=ATOL, rtol=0)
+
+
+def test_lm_logits_match(caption_pair):
+    hf, ours, *_ = caption_pair
+    assert_same_lm_logits(ours, hf)
 
 
 def until_sep(ids: torch.Tensor, width: int, sep: int = 102, pad: int = 0) -> torch.Tensor:
@@ -223,11 +228,7 @@ def test_convert_command_writes_a_model_that_matches(retrieval_pair, caption_pai
     out = tmp_path / "caption"
     model = BlipModel(BlipConfig.from_dict(json.loads((out / "config.json").read_text()))).eval()
     model.load_pretrained(out / "model.safetensors")
-    hf = caption_pair[0]
-    ids[:, 0] = model.config.bos_token_id
-    expected = hf(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits
-    logits = model.lm_logits(ids, mask, image_embeds=model.forward_image(pixels))
-    torch.testing.assert_close(logits * mask[..., None], expected * mask[..., None], atol=ATOL, rtol=0)
+    assert_same_lm_logits(model, caption_pair[0])
 
 
 def test_config_from_transformers_notes_vision_eps(tmp_path):
