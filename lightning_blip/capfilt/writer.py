@@ -36,6 +36,10 @@ def shard_path(output_dir: Path, chunk: Chunk) -> Path:
     return output_dir / f"{chunk.name}.jsonl"
 
 
+def stats_path(output_dir: Path, chunk: Chunk) -> Path:
+    return output_dir / f"{chunk.name}.stats.json"
+
+
 def is_done(output_dir: Path, chunk: Chunk) -> bool:
     return shard_path(output_dir, chunk).is_file()
 
@@ -43,7 +47,7 @@ def is_done(output_dir: Path, chunk: Chunk) -> bool:
 def write_shard(output_dir: Path, chunk: Chunk, rows: Sequence[dict], counts: dict[str, int]) -> Path:
     """Write a chunk's statistics, then its annotation rows, each atomically."""
     stats = {"source": chunk.source, **counts}
-    atomic_write_text(output_dir / f"{chunk.name}.stats.json", json.dumps(stats, indent=1) + "\n")
+    atomic_write_text(stats_path(output_dir, chunk), json.dumps(stats, indent=1) + "\n")
     path = shard_path(output_dir, chunk)
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -132,7 +136,7 @@ def write_summary(output_dir: Path, plan: Plan, image_root: str) -> dict[str, An
     for name, skipped in plan.skipped.items():
         sources[name] = dict.fromkeys(COUNTS, 0) | skipped
     for chunk in plan.chunks:
-        stats = json.loads((output_dir / f"{chunk.name}.stats.json").read_text())
+        stats = json.loads(stats_path(output_dir, chunk).read_text())
         for key in COUNTS:
             sources[chunk.source][key] += stats[key]
     total = {key: sum(s[key] for s in sources.values()) for key in next(iter(sources.values()), {})}

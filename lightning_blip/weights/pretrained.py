@@ -29,7 +29,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
@@ -85,7 +84,7 @@ def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         merged = consolidate(path, Path(tmp) / "merged.ckpt")
-        return torch.load(merged, map_location="cpu", weights_only=True)
+        return load_torch_file(merged)
 
 
 def _model_config(cls: type[nn.Module], values: dict) -> Any:

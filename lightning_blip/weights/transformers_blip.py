@@ -207,15 +207,10 @@ def read_source(
     """``(state dict, name for messages)`` of a ``save_pretrained`` directory, a weights file or a
     state dict; ``keep``: only the names it accepts."""
     if isinstance(source, dict):
-        state = source
-    else:
-        path = Path(source)
-        state = (
-            read_transformers_state_dict(path, keep) if path.is_dir() else load_state_dict_file(path, keep)
-        )
-    if keep is not None:
-        state = {name: t for name, t in state.items() if keep(name)}
-    return state, "state dict" if isinstance(source, dict) else str(source)
+        return (source if keep is None else {k: t for k, t in source.items() if keep(k)}), "state dict"
+    path = Path(source)
+    state = read_transformers_state_dict(path, keep) if path.is_dir() else load_state_dict_file(path, keep)
+    return state, str(path)
 
 
 def load_transformers_blip(
