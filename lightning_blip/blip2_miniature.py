@@ -38,6 +38,7 @@ from lightning_blip.data.transforms import eval_transform
 from lightning_blip.metrics.vqa import normalize_answer
 from lightning_blip.models.small_llm import tiny_llm_config, tokenizer_for, train_word_tokenizer
 from lightning_blip.optim import WarmupCosineLR
+from lightning_blip.paths import RECIPES
 from lightning_blip.tasks.causal_lm import CausalLMTraining
 
 Answerer = Callable[[list[dict]], list[str]]
@@ -148,8 +149,8 @@ def _stage(recipe: str, out: Path, extra: list[str]):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="lightning_blip blip2-miniature", description=__doc__)
-    parser.add_argument("--stage1-recipe", default="recipes/blip2_miniature_stage1.yaml")
-    parser.add_argument("--stage2-recipe", default="recipes/blip2_miniature_stage2.yaml")
+    parser.add_argument("--stage1-recipe", default=str(RECIPES / "blip2_miniature_stage1.yaml"))
+    parser.add_argument("--stage2-recipe", default=str(RECIPES / "blip2_miniature_stage2.yaml"))
     parser.add_argument("--output-dir", default="outputs/blip2_miniature")
     parser.add_argument("--lm-steps", type=int, default=1500, help="training steps of the text-only LM")
     parser.add_argument("--vision-weights", default=None, help="a local ViT file for the frozen encoder")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from lightning_blip.data.easy_vqa import easy_vqa_image_root, write_easy_vqa_captions
 from lightning_blip.easy_vqa_finetune import newest_checkpoint, run_task
+from lightning_blip.paths import RECIPES
 
 
 def add_noise(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], set[int]]:
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--pretrained", default=None, help="MEDPretrain checkpoint (default: the quickstart's)"
     )
     parser.add_argument("--output-dir", default="outputs/capfilt_demo")
-    parser.add_argument("--recipes", default="recipes")
+    parser.add_argument("--recipes", default=str(RECIPES))
     parser.add_argument("--human", type=int, default=1000, help="train images that form the human source")
     parser.add_argument("--noise", type=float, default=0.3, help="fraction of web captions made wrong")
     parser.add_argument(

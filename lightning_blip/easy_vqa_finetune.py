@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from lightning_blip.data.easy_vqa import easy_vqa_image_root, easy_vqa_questions, write_easy_vqa_captions
+from lightning_blip.paths import RECIPES
 
 TASKS = ("caption", "vqa", "retrieval")
 METRICS = {
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--pretrained", default=None, help="MEDPretrain checkpoint (default: the quickstart's)"
     )
     parser.add_argument("--output-dir", default="outputs/easy_vqa_finetune")
-    parser.add_argument("--recipes", default="recipes", help="folder of the easy_vqa_<task>.yaml recipes")
+    parser.add_argument("--recipes", default=str(RECIPES), help="folder of the easy_vqa_<task>.yaml recipes")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     args, overrides = parser.parse_known_args(argv)  # the rest goes to every task's CLI
 

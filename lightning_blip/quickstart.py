@@ -20,6 +20,7 @@ from lightning_blip.data.dataset import ImageTextDataset
 from lightning_blip.metrics.retrieval import recall_at_1
 from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.generation import decode_captions, greedy_decode
+from lightning_blip.paths import RECIPES
 
 LOSSES = ("train/loss_itc", "train/loss_itm", "train/loss_lm")
 
@@ -101,7 +102,7 @@ def summarise(series: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="lightning_blip quickstart", description=__doc__)
-    parser.add_argument("--recipe", default="recipes/quickstart.yaml")
+    parser.add_argument("--recipe", default=str(RECIPES / "quickstart.yaml"))
     parser.add_argument("--output-dir", default="outputs/quickstart")
     args, overrides = parser.parse_known_args(argv)  # the rest goes to the CLI, e.g. --trainer.max_epochs=1
 
