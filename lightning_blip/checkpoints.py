@@ -1,15 +1,102 @@
-"""Consolidating an FSDP2 distributed checkpoint (a directory of shards) into one checkpoint file."""
+"""Consolidating an FSDP2 distributed checkpoint (a directory of shards) into one checkpoint file.
+
+torch's own reader unpickles the directory's ``.metadata`` and every non-tensor value without
+restriction, so a crafted directory could run code. Here the metadata goes through an unpickler that
+admits only the checkpoint-format classes, and values through ``torch.load(weights_only=True)``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
+import pathlib
+import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+from lightning_blip.models.checkpoint_io import load_torch_file
 
 METADATA_FILE = "meta.pt"  # what Lightning's ModelParallelStrategy writes beside the shards
+_FORMAT_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+
+
+class _FormatUnpickler(pickle.Unpickler):
+    """Admits the classes a DCP ``.metadata`` file is made of, and refuses any other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = None
+        if module in _FORMAT_MODULES:
+            found = getattr(__import__(module, fromlist=[name]), name, None)
+            found = found if isinstance(found, type) and found.__module__ == module else None
+        elif module == "torch":
+            found = getattr(torch, name, None)
+            found = found if found is torch.Size or isinstance(found, torch.dtype) else None
+        elif (module, name) == ("torch.serialization", "_get_layout"):
+            found = torch.serialization._get_layout  # a lookup of torch.strided & co by name
+        elif module == "pathlib" and name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"):
+            found = getattr(pathlib, name)
+        if found is None:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not part of the checkpoint format")
+        return found
+
+
+class _SafeReader(FileSystemReader):
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = Path(self.path) / ".metadata"
+        try:
+            with path.open("rb") as f:
+                metadata = _FormatUnpickler(f).load()
+        except (pickle.UnpicklingError, AttributeError, EOFError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{path} is not a readable distributed-checkpoint metadata file, or needs arbitrary "
+                f"unpickling, which is refused for safety: {err}"
+            ) from err
+        if not isinstance(metadata, Metadata):
+            raise TypeError(f"{path} holds a {type(metadata).__name__}, not checkpoint metadata")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _SafePlanner(_EmptyStateDictLoadPlanner):
+    def load_bytes(self, read_item: Any, value: Any) -> None:
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"checkpoint value {read_item.dest_index.fqn!r} needs arbitrary unpickling, which is "
+                f"refused for safety: {err}"
+            ) from err
+        if self.flatten_state_dict:  # where the base planner puts a value
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+def read_distributed_state_dict(checkpoint_dir: str | Path, keys: set[str] | None = None) -> dict[str, Any]:
+    """The (nested) dict saved in a DCP directory, or only its top-level ``keys``; read safely."""
+    state: dict[str, Any] = {}
+    reader, planner = _SafeReader(checkpoint_dir), _SafePlanner(keys=keys)
+    reader.read_metadata()  # raises here what the loader would wrap: a refused or unreadable file
+    try:
+        # the private loader, as torch's dcp_to_torch_save: the public one fills only keys already present
+        _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
+    except CheckpointException as err:  # DCP wraps what the reader or the planner raised
+        causes = [failure[0] for failure in err.failures.values()]
+        refused = next((c for c in causes if isinstance(c, (ValueError, TypeError))), None)
+        if refused is None:
+            raise
+        raise refused from None
+    return state
 
 
 def consolidate(checkpoint_dir: str | Path, output: str | Path) -> Path:
@@ -20,19 +107,12 @@ def consolidate(checkpoint_dir: str | Path, output: str | Path) -> Path:
     the directory itself to continue training). Frozen weights that the module names in the
     checkpoint's ``frozen_weights`` are left out, as in single-file checkpoints. Written atomically.
     """
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
     source, output = Path(checkpoint_dir), Path(output)
     if not (source / ".metadata").is_file():
         raise ValueError(f"{source} is not a distributed checkpoint directory (no .metadata file)")
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
-        merged = Path(tmp) / "merged.pt"
-        dcp_to_torch_save(source, merged)
-        state_dict = torch.load(merged, weights_only=True)["state_dict"]
-    checkpoint = (
-        torch.load(source / METADATA_FILE, weights_only=True) if (source / METADATA_FILE).is_file() else {}
-    )
+    state_dict = read_distributed_state_dict(source, keys={"state_dict"})["state_dict"]
+    checkpoint = load_torch_file(source / METADATA_FILE) if (source / METADATA_FILE).is_file() else {}
     frozen = tuple(checkpoint.get("frozen_weights", {}).get("prefixes", ()))
     checkpoint["state_dict"] = {k: v for k, v in state_dict.items() if not (frozen and k.startswith(frozen))}
     partial = output.with_name(output.name + ".partial")
