@@ -15,8 +15,9 @@ class ImageTextCollator:
     Returns ``{"image": (B, 3, H, W), "input_ids": (B, L) long, "attention_mask": (B, L) long,
     "image_id": (B,) long, "index": (B,) long, "caption": list of B str, "num_skipped": int}``.
     Input ids are ``[CLS] ... [SEP]`` padded with 0 to the longest caption, at most ``max_length``.
-    ``num_skipped`` counts the ``None`` items and the items that replaced skipped ones: dataloader workers are separate processes, so the
-    batch is how skips reach the training process. If every item was skipped, B = 0 and the
+    ``num_skipped`` counts the ``None`` items and the items that replaced an unreadable one (each
+    unreadable sample once): dataloader workers are separate processes, so the batch is how skips
+    reach the training process. If every item was skipped, B = 0 and the
     image is ``(0, 3, 0, 0)``, input ids and mask ``(0, 0)``.
     """
 

@@ -43,11 +43,13 @@ class SkippingImageDataset(Dataset):
     :meth:`_read_image` and returns ``None`` when that fails.
 
     Args:
-        image_root: folder the records' image paths are relative to.
+        image_root: folder the records' image paths are relative to; a missing folder is an error
+            at the first read, not a skip.
         transform: PIL image -> ``(3, H, W)`` tensor.
-        substitute_corrupt: replace an unreadable item by the next readable one (training) instead
+        substitute_corrupt: replace an unreadable item by a random readable one (training) instead
             of returning ``None`` (evaluation, where the collator drops it).
-        max_substitutions: give up (return ``None``) after this many unreadable items in a row.
+        max_substitutions: with ``substitute_corrupt``, the random items tried before giving up with
+            an error (so many unreadable in a row means most images cannot be read: a config error).
     """
 
     def __init__(
@@ -61,7 +63,7 @@ class SkippingImageDataset(Dataset):
         self.transform = transform
         self.substitute_corrupt = substitute_corrupt
         self.max_substitutions = max_substitutions
-        self.num_skipped = 0  # this process only; the collator reports skips per batch
+        self.num_skipped = 0  # failed reads in this process; the collator reports skips per batch
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -72,19 +74,31 @@ class SkippingImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         """``key`` is an index or ``(index, seed)``; with a seed the augmentation depends on nothing else.
 
-        Returns the subclass's item plus ``"num_skipped"``. When the image cannot be read or
-        transformed it is skipped with a warning: with ``substitute_corrupt`` the next readable item
-        takes its place (so every rank keeps the same batch size, which gathers across ranks need),
-        else the result is ``None``.
+        Returns the subclass's item plus ``"num_skipped"``: 1 if the item's own image could not be
+        read and another item took its place, else 0, so that an epoch counts each unreadable sample
+        once. When the image cannot be read or transformed it is skipped with a warning: with
+        ``substitute_corrupt`` a random readable item takes its place (so every rank keeps the same
+        batch size, which gathers across ranks need), else the result is ``None``.
         """
         index, seed = key if isinstance(key, tuple) else (key, None)
-        tries = min(len(self), self.max_substitutions + 1) if self.substitute_corrupt else 1
-        for skipped in range(tries):
-            item = self._load((index + skipped) % len(self), seed)
+        item = self._load(index, seed)
+        if item is not None:
+            item["num_skipped"] = 0
+            return item
+        if not self.substitute_corrupt:
+            return None
+        # random, not neighbouring, substitutes: unreadable files often come in runs (a missing folder);
+        # the draws depend on the index and seed only, so a resumed run makes the same choices
+        draws = random.Random(index * 1_000_003 + (seed or 0))
+        for _ in range(self.max_substitutions):
+            item = self._load(draws.randrange(len(self)), seed)
             if item is not None:
-                item["num_skipped"] = skipped
+                item["num_skipped"] = 1
                 return item
-        return None
+        raise RuntimeError(
+            f"item {index} and {self.max_substitutions} random substitutes could not be read: most "
+            f"images under image_root={self.image_root} seem unreadable (the warnings above say why)"
+        )
 
     def _read_image(self, relpath: str | Path, index: int, seed: int | None) -> torch.Tensor | None:
         """The transformed image at ``image_root / relpath``, or ``None`` (warned, counted) if unreadable."""
@@ -96,7 +110,9 @@ class SkippingImageDataset(Dataset):
                     return self.transform(file)
                 with seeded_rng(seed):
                     return self.transform(file)
-        except Exception as err:  # noqa: BLE001 -- a bad image is skipped, whatever the error
+        except Exception as err:  # a bad image is skipped, whatever the error
+            if not self.image_root.is_dir():
+                raise FileNotFoundError(f"image_root {self.image_root} is not a folder") from err
             self.num_skipped += 1
             log.warning("skipping image %s (item %d): %s: %s", path, index, type(err).__name__, err)
             return None
@@ -110,9 +126,7 @@ class ImageTextDataset(SkippingImageDataset):
         image_root: folder the records' image paths are relative to.
         transform: PIL image -> ``(3, H, W)`` tensor.
         max_words: ``pre_caption`` word limit.
-        substitute_corrupt: replace an unreadable item by the next readable one (training) instead
-            of returning ``None`` (evaluation, where the collator drops it).
-        max_substitutions: give up (return ``None``) after this many unreadable items in a row.
+        substitute_corrupt, max_substitutions: see :class:`SkippingImageDataset`.
 
     ``image_ids[i]`` is a dense id in ``0..K-1`` shared by all items of one ``image_id``, so that
     contrastive losses can treat pairs of the same image as positives.

@@ -12,7 +12,17 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    # a module-level function (not a lambda) so that the transform pickles into spawned workers
+    """8-bit RGB. PIL's ``convert`` clips 16-bit and float grey to 255 instead of scaling it, so
+    ``I;16*``/``I`` (16-bit range) are divided by 257 and ``F`` taken as [0, 1] (or [0, 255] if larger).
+
+    A module-level function (not a lambda), so that the transform pickles into spawned workers.
+    """
+    if image.mode.startswith("I") or image.mode == "F":
+        if image.mode == "F":
+            scale = 255.0 if image.getextrema()[1] <= 1.0 else 1.0
+        else:
+            image, scale = image.convert("I"), 1 / 257
+        image = image.point(lambda value: value * scale).convert("L")  # clips to [0, 255]
     return image.convert("RGB")
 
 

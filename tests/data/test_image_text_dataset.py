@@ -84,16 +84,38 @@ def test_skipped_items_are_counted_by_the_collator(image_root: Path) -> None:
     assert batch["image_id"].tolist() == [0, 0, 1, 0]
 
 
-def test_training_substitutes_the_next_readable_item_so_batches_keep_their_size(image_root: Path) -> None:
+def test_training_substitutes_a_random_readable_item_so_batches_keep_their_size(image_root: Path) -> None:
     dataset = ImageTextDataset(RECORDS, image_root, eval_transform(16), substitute_corrupt=True)
-    corrupt = next(i for i, (r, _) in enumerate(dataset.pairs) if RECORDS[r].image == "corrupt.jpg")
-    item = dataset[corrupt]  # corrupt, truncated and missing follow each other: the rgba item replaces them
-    assert item["num_skipped"] == 3 and item["caption"] == "same image id as rgb"
+    readable = {
+        i for i, (r, _) in enumerate(dataset.pairs) if RECORDS[r].image in ("rgb.png", "gray.png", "rgba.png")
+    }
+    for i in set(range(len(dataset))) - readable:  # corrupt, truncated, missing
+        item = dataset[(i, 7)]
+        assert item["num_skipped"] == 1 and item["index"] in readable
+        assert dataset[(i, 7)]["index"] == item["index"]  # the same index and seed: the same substitute
     batch = ImageTextCollator(build_tokenizer())([dataset[i] for i in range(len(dataset))])
     assert batch["image"].shape[0] == len(dataset)
-    assert batch["num_skipped"] == 3 + 2 + 1
+    assert batch["num_skipped"] == 3  # each unreadable sample once, not once per failed read
+
+
+def test_a_run_of_unreadable_images_longer_than_the_substitutions_is_escaped(tmp_path: Path) -> None:
+    # 40 missing files in a row, then 8 readable ones: neighbours would not do, random draws do
+    _noise_image().save(tmp_path / "ok.png")
+    records = [ImageTextRecord(f"gone{i}.png", ("x",), str(i)) for i in range(40)]
+    records += [ImageTextRecord("ok.png", ("y",), f"ok{i}") for i in range(8)]
+    dataset = ImageTextDataset(
+        records, tmp_path, eval_transform(8), substitute_corrupt=True, max_substitutions=64
+    )
+    assert all(dataset[i]["caption"] == "y" for i in range(40))
+
+
+def test_nothing_readable_or_no_image_root_fails_naming_image_root(image_root: Path) -> None:
     blank = ImageTextDataset(RECORDS[2:5], image_root, eval_transform(16), substitute_corrupt=True)
-    assert blank[0] is None  # nothing readable at all: give up instead of looping
+    with pytest.raises(RuntimeError, match=f"image_root={image_root}"):
+        blank[0]
+    wrong = ImageTextDataset(RECORDS, image_root / "nope", eval_transform(16))
+    with pytest.raises(FileNotFoundError, match="image_root .*nope is not a folder"):
+        wrong[0]
 
 
 def test_seeded_augmentation_depends_only_on_index_and_seed(image_root: Path) -> None:
@@ -122,3 +144,15 @@ def test_seeded_augmentation_leaves_cuda_generators_untouched(image_root: Path) 
     cuda_state = torch.cuda.get_rng_state()
     dataset[(0, 5)]
     assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
+
+
+def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    mid_grey = eval_transform(4)(Image.new("L", (8, 8), 128))
+    sixteen = tmp_path / "grey16.png"
+    Image.new("I;16", (8, 8), 32896).save(sixteen)  # 128 * 257
+    with Image.open(sixteen) as image:
+        assert image.mode.startswith("I")
+        assert torch.allclose(eval_transform(4)(image), mid_grey, atol=1e-6)
+    for value in (128 / 255, 128.0):  # float in [0, 1], and float in [0, 255]
+        image = Image.new("F", (8, 8), value)
+        assert torch.allclose(eval_transform(4)(image), mid_grey, atol=1e-6)
