@@ -83,11 +83,13 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _load(self, split: str, required: bool) -> None:
         paths = self.annotations[split]
-        if paths is None:
+        if not paths:  # None, or the recipes' [] left to fill in
             if required:
-                raise ValueError(f"{split}_annotations is not set")
+                raise ValueError(f"{split}_annotations is not set (--data.{split}_annotations PATH)")
             return
         records, skipped = load_annotations(paths)
+        if not records:
+            raise ValueError(f"{split}_annotations {paths}: no valid record ({skipped} malformed skipped)")
         if skipped:
             log.warning("%s annotations: skipped %d malformed records", split, skipped)
         self.num_skipped_records[split] = skipped

@@ -427,6 +427,8 @@ class VQADataModule(ImageTextDataModule):
         records, skipped = load_vqa(
             questions, annotations, self.image_template, require_answers=split != "test"
         )
+        if not records:
+            raise ValueError(f"{split}_questions {questions}: no valid question ({skipped} skipped)")
         if skipped:
             log.warning("%s questions: skipped %d malformed or unanswered records", split, skipped)
         self.num_skipped_records[split] = skipped

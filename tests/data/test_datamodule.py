@@ -97,6 +97,14 @@ def test_missing_splits(fake_data: dict[str, str]) -> None:
     assert dm.state_dict() == {}
 
 
+def test_an_empty_training_set_fails_at_setup(fake_data: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="train_annotations is not set"):
+        _datamodule(fake_data, train_annotations=[]).setup("fit")  # the recipes' placeholder
+    (tmp_path / "empty.jsonl").write_text('{"caption": "no image"}\n')
+    with pytest.raises(ValueError, match="train_annotations .*empty.jsonl.*no valid record"):
+        _datamodule(fake_data, train_annotations=str(tmp_path / "empty.jsonl")).setup("fit")
+
+
 @pytest.mark.parametrize(("epoch", "batches_done"), [(0, 1), (1, 2)])
 def test_load_state_dict_skips_the_batches_done(
     fake_data: dict[str, str], epoch: int, batches_done: int
