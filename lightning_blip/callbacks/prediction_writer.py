@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,8 @@ def _json_value(value: Any) -> Any:
 
 
 def _id_key(row: dict) -> str | None:
-    return next((k for k in ID_KEYS if k in row), None)
+    """The first id key with a value (a null id identifies nothing: such rows are all kept)."""
+    return next((k for k in ID_KEYS if row.get(k) is not None), None)
 
 
 def prediction_streams(prediction: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -139,17 +143,29 @@ class PredictionWriter(BasePredictionWriter):
             ids = [row[_id_key(row)] if _id_key(row) else None for row in map(json.loads, lines)]
             if all(isinstance(i, int) for i in ids):
                 tensors["ids"] = torch.tensor(ids)
-            tmp = self.output_dir / f"{stream}.safetensors.tmp"
-            save_file(tensors, str(tmp))
-            os.replace(tmp, self.output_dir / f"{stream}.safetensors")
+            with _temporary_beside(self.output_dir / f"{stream}.safetensors") as tmp:
+                save_file(tensors, str(tmp))
         if not self.keep_parts:
             for part in (*parts, *(self._part(stream, r, "jsonl") for r in range(world_size))):
                 part.unlink(missing_ok=True)
         return out
 
 
+@contextmanager
+def _temporary_beside(path: Path) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` (unique, so that processes writing ``path`` at once do
+    not collide), renamed to ``path`` when the block succeeds and removed when it fails."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it to ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with _temporary_beside(path) as tmp:
+        tmp.write_text(text)

@@ -53,6 +53,30 @@ def test_merge_drops_padding_repeats_in_lines_and_embeddings(tmp_path: Path):
     assert not list(tmp_path.glob("*.rank*"))
 
 
+def test_rows_with_a_null_id_are_all_kept_and_fall_back_to_the_next_id_key(tmp_path: Path):
+    writer = PredictionWriter(str(tmp_path))
+    rows = [{"question_id": None, "answer": f"a{i}"} for i in range(3)]  # questions without an id
+    rows += [
+        {"question_id": None, "index": 5, "answer": "b"},
+        {"question_id": None, "index": 5, "answer": "b"},
+    ]
+    writer._part("predictions", 0, "jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    merged = writer.merge("predictions", world_size=1).read_text().splitlines()
+    assert [json.loads(line)["answer"] for line in merged] == ["a0", "a1", "a2", "b"]
+
+
+def test_atomic_writes_from_many_processes_at_once_do_not_collide(tmp_path: Path):
+    import multiprocessing
+
+    from lightning_blip.callbacks.prediction_writer import atomic_write_text
+
+    target = tmp_path / "settings.json"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.starmap(atomic_write_text, [(target, f"{i}\n" * 1000) for i in range(64)])
+    assert len(set(target.read_text().splitlines())) == 1 and len(target.read_text().splitlines()) == 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["settings.json"]  # no temporary file left
+
+
 class _Captioner(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         return {
