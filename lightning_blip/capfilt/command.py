@@ -19,7 +19,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning_blip.callbacks.prediction_writer import atomic_write_text
 from lightning_blip.capfilt.data import CapFiltDataModule
 from lightning_blip.capfilt.filtering import CaptionSettings, FilterSettings
-from lightning_blip.capfilt.plan import Source, make_plan
+from lightning_blip.capfilt.plan import Source, input_files, make_plan
 from lightning_blip.capfilt.progress import ImagesPerSecondBar
 from lightning_blip.capfilt.task import CapFiltTask
 from lightning_blip.capfilt.writer import CapFiltWriter, is_done, write_human_chunk, write_summary
@@ -82,6 +82,7 @@ def capfilt(
         "captioner": captioner,
         "filter": filter,
         "sources": [asdict(s) for s in sources],
+        "input_files": input_files(sources),
         "image_root": image_root,
         "image_size": image_size,
         "captioning": asdict(captioning),

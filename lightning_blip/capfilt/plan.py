@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import glob
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,19 @@ def _expand(pattern: str) -> list[str]:
     if not found:
         raise FileNotFoundError(f"no annotation file matches {pattern}")
     return found
+
+
+def input_files(sources: list[Source]) -> dict[str, list[list]]:
+    """Per source, the files its patterns match now, with their sizes in bytes: a restart must see the
+    same, or its chunks would hold other records than the shards already written."""
+    return {
+        source.name: [
+            [path, os.path.getsize(path) if os.path.isfile(path) else -1]  # lists: as JSON reads back
+            for pattern in source.annotations
+            for path in _expand(pattern)
+        ]
+        for source in sources
+    }
 
 
 def make_plan(sources: list[Source], shard_size: int) -> Plan:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from capfilt_data import recipe_args, save_tiny_blip, write_inputs
 
-from lightning_blip.capfilt.command import main
+from lightning_blip.capfilt.command import check_settings, main
+from lightning_blip.capfilt.plan import Source, input_files
 from lightning_blip.data.annotations import load_annotations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -126,6 +127,27 @@ def test_the_progress_bar_shows_images_per_second(setup: dict, tmp_path: Path, c
 def test_a_restart_with_other_settings_is_refused(setup: dict):
     with pytest.raises(ValueError, match="seed"):
         main([*setup["args"], "--seed=1"])
+
+
+def test_a_restart_after_the_inputs_changed_is_refused(tmp_path: Path):
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "a.jsonl").write_text('{"image": "x.jpg", "caption": "x"}\n')
+    sources = [Source("web", [str(tmp_path / "web" / "*.jsonl")])]
+    check_settings(tmp_path / "out", {"input_files": input_files(sources)})
+    check_settings(tmp_path / "out", {"input_files": input_files(sources)})  # the same files: resumes
+    (tmp_path / "web" / "b.jsonl").write_text('{"image": "y.jpg", "caption": "y"}\n')  # a new match
+    with pytest.raises(ValueError, match="input_files"):
+        check_settings(tmp_path / "out", {"input_files": input_files(sources)})
+    (tmp_path / "web" / "b.jsonl").unlink()
+    with (tmp_path / "web" / "a.jsonl").open("a") as f:  # records appended
+        f.write('{"image": "z.jpg", "caption": "z"}\n')
+    with pytest.raises(ValueError, match="input_files"):
+        check_settings(tmp_path / "out", {"input_files": input_files(sources)})
+
+
+def test_the_run_records_its_input_files(setup: dict):
+    recorded = json.loads((setup["reference"] / "capfilt.json").read_text())["input_files"]
+    assert sum(len(files) for files in recorded.values()) > 0
 
 
 @pytest.mark.slow
