@@ -6,6 +6,7 @@ are ignored. Malformed records are skipped with one warning line each and counte
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,11 +37,12 @@ def parse_record(raw: Any) -> ImageTextRecord:
         raise ValueError("missing or empty 'image'")
     caption = raw.get("caption")
     if isinstance(caption, str):
-        captions = (caption,)
-    elif isinstance(caption, list) and caption and all(isinstance(c, str) for c in caption):
-        captions = tuple(caption)
-    else:
+        caption = [caption]
+    if not (isinstance(caption, list) and caption and all(isinstance(c, str) for c in caption)):
         raise ValueError("'caption' must be a string or a non-empty list of strings")
+    captions = tuple(c for c in caption if any(ch.isalnum() for ch in c))  # no word: nothing to learn
+    if not captions:
+        raise ValueError("'caption' has no word")
     image_id = raw.get("image_id")
     if image_id is None:
         image_id = image
@@ -52,17 +54,19 @@ def parse_record(raw: Any) -> ImageTextRecord:
 def json_lines(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(location, raw record)`` per non-blank line; a line that is not JSON gives a ``ValueError``."""
     decoded = failed = 0
-    # undecodable bytes become U+FFFD so that such a line is one malformed record, not a crash
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
+    with path.open("rb") as f:  # decoded line by line: a line that is not UTF-8 is one malformed record
+        for number, data in enumerate(f, start=1):
+            if number == 1 and data.startswith(codecs.BOM_UTF8):
+                data = data[len(codecs.BOM_UTF8) :]
+            if not data.strip():
                 continue
             try:
-                raw = json.loads(line)
+                raw = json.loads(data.decode("utf-8"))
                 decoded += 1
-            except json.JSONDecodeError as err:
-                raw = ValueError(f"invalid JSON ({err.msg})")
-                failed += 1
+            except UnicodeDecodeError as err:
+                raw, failed = ValueError(f"not UTF-8 ({err.reason} at byte {err.start})"), failed + 1
+            except (ValueError, RecursionError) as err:  # JSONDecodeError, too deep, too large a number
+                raw, failed = ValueError(f"invalid JSON ({getattr(err, 'msg', err)})"), failed + 1
             yield f"line {number}", raw
     if failed and not decoded:
         raise ValueError(f"{path}: no line is valid JSON")
@@ -71,9 +75,9 @@ def json_lines(path: Path) -> Iterator[tuple[str, Any]]:
 def read_json(path: Path) -> Any:
     """The content of a ``.json`` file; a ``ValueError`` naming the file if it is not valid JSON."""
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is not content
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 

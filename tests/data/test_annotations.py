@@ -1,10 +1,11 @@
+import codecs
 import json
 import logging
 from pathlib import Path
 
 import pytest
 
-from lightning_blip.data.annotations import ImageTextRecord, expand_captions, load_annotations
+from lightning_blip.data.annotations import ImageTextRecord, expand_captions, load_annotations, parse_record
 
 
 def _write(path: Path, text: str) -> Path:
@@ -65,6 +66,8 @@ def test_jsonl_skips_a_bad_line_and_a_bad_record_with_one_warning_each(
         {"image": "a.jpg", "caption": ["ok", 5]},
         {"image": "a.jpg", "caption": []},
         {"image": "a.jpg", "caption": "c", "image_id": {"nested": 1}},
+        {"image": "a.jpg", "caption": "  "},
+        {"image": "a.jpg", "caption": ["...", "!"]},
     ],
 )
 def test_each_kind_of_malformed_record_is_skipped_and_counted(
@@ -76,6 +79,32 @@ def test_each_kind_of_malformed_record_is_skipped_and_counted(
         records, skipped = load_annotations(path)
     assert (len(records), skipped) == (2, 1)
     assert len(caplog.records) == 1 and "record 1" in caplog.records[0].getMessage()
+
+
+def test_captions_without_a_word_are_dropped_from_a_list() -> None:
+    assert parse_record({"image": "a.jpg", "caption": ["", "a dog", "?!"]}).captions == ("a dog",)
+
+
+def test_jsonl_lines_that_break_the_decoder_are_skipped_not_raised(tmp_path: Path) -> None:
+    good = json.dumps({"image": "1.jpg", "caption": "first"}).encode()
+    lines = [
+        codecs.BOM_UTF8 + good,  # a byte-order mark before the first record
+        b'{"image": "2.jpg", "caption": "caf\xe9"}',  # Latin-1, not UTF-8
+        b"[" * 100_000 + b"]" * 100_000,  # too deep for the decoder
+        b'{"image": "3.jpg", "caption": "x", "n": 1' + b"0" * 5000 + b"}",  # an integer too long to parse
+        json.dumps({"image": "4.jpg", "caption": "caf\u00e9"}).encode(),
+    ]
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    records, skipped = load_annotations(path)
+    assert [r.image for r in records] == ["1.jpg", "4.jpg"] and skipped == 3
+    assert records[1].captions == ("caf\u00e9",)
+
+
+def test_a_json_file_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    path = tmp_path / "a.json"
+    path.write_bytes(codecs.BOM_UTF8 + json.dumps([{"image": "1.jpg", "caption": "x"}]).encode())
+    assert load_annotations(path) == ([ImageTextRecord("1.jpg", ("x",), "1.jpg")], 0)
 
 
 def test_several_files_are_concatenated(tmp_path: Path) -> None:
