@@ -189,6 +189,12 @@ def load_vqa(
     (one warning for all). Raises, naming the file, as
     :func:`~lightning_blip.data.annotations.load_annotations` does.
     """
+    try:
+        image_template.format(subtype="train2014", image_id=1)
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(
+            f"image_template {image_template!r} must use only {{subtype}} and {{image_id}}: {err!r}"
+        ) from err
     records: list[VQARecord] = []
     skipped = 0
     for path in _as_list(questions):

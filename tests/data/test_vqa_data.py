@@ -53,6 +53,8 @@ def test_vqav2_layout_joins_answers_and_skips_bad_records(tmp_path: Path, caplog
     # test splits keep questions without answers
     records, skipped = load_vqa(paths["questions"], None)
     assert skipped == 1 and len(records) == 9 and all(not r.answers for r in records)
+    with pytest.raises(ValueError, match="image_template '{split}/{imageid}.jpg' must use only"):
+        load_vqa(paths["questions"], None, image_template="{split}/{imageid}.jpg")
 
 
 def test_flat_layout_skips_a_bad_line_and_matches_the_vqav2_layout(tmp_path: Path):
