@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from typing import Any
 
 import lightning as L
 import torch
@@ -11,6 +13,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lightning_blip.optim import TrainingLengthScheduler, param_groups
+
+log = logging.getLogger(__name__)
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -89,16 +93,40 @@ class BlipTask(L.LightningModule):
         return loss
 
     def log_skipped(self, batch: dict) -> None:
-        """Log how many corrupt samples the data pipeline has skipped so far (summed over ranks)."""
+        """Log how many unreadable samples training has skipped so far, over all ranks.
+
+        The total is summed over ranks every step, so it is the same on every rank and a checkpoint
+        carries it across a resume."""
         if "num_skipped" in batch:
-            self.skipped_samples += int(batch["num_skipped"])
-            self.log(
-                "data/skipped_samples",
-                float(self.skipped_samples),
-                reduce_fx="sum",
-                sync_dist=True,
-                batch_size=1,
-            )
+            skipped = torch.tensor(float(batch["num_skipped"]), device=self.device)
+            self.skipped_samples += int(self.trainer.strategy.reduce(skipped, reduce_op="sum").item())
+            self.log("data/skipped_samples", float(self.skipped_samples), batch_size=1)
+
+    def _log_evaluation_skips(self, stage: str, batch: Any) -> None:
+        if isinstance(batch, dict) and "num_skipped" in batch:
+            skipped = float(batch["num_skipped"])
+            self.log(f"{stage}/skipped_samples", skipped, reduce_fx="sum", on_step=False, on_epoch=True,
+                     sync_dist=True, batch_size=1)  # fmt: skip
+
+    def on_validation_batch_end(
+        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._log_evaluation_skips("val", batch)
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._log_evaluation_skips("test", batch)
+
+    def on_predict_epoch_start(self) -> None:
+        self._predict_skipped = 0
+
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if isinstance(batch, dict) and "num_skipped" in batch:
+            self._predict_skipped += int(batch["num_skipped"])
+
+    def on_predict_epoch_end(self) -> None:
+        if self._predict_skipped:  # predict cannot log: a warning per rank
+            log.warning("rank %d skipped %d unreadable samples: no prediction for them",
+                        self.global_rank, self._predict_skipped)  # fmt: skip
 
     # frozen weights (BLIP-2's image encoder and LLM) stay out of checkpoints -----------------------
     def frozen_prefixes(self) -> tuple[str, ...]:
@@ -111,6 +139,7 @@ class BlipTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["base_seed"] = self.base_seed
+        checkpoint["skipped_samples"] = self.skipped_samples
         prefixes = self.frozen_prefixes()
         if not prefixes:
             return
@@ -124,6 +153,7 @@ class BlipTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.base_seed = checkpoint.get("base_seed")
+        self.skipped_samples = checkpoint.get("skipped_samples", 0)
         if "frozen_weights" in checkpoint and "state_dict" in checkpoint:
             # the frozen weights this module was built with (from their sources) fill the gap
             prefixes = tuple(checkpoint["frozen_weights"]["prefixes"])

@@ -103,6 +103,7 @@ def test_validation_scores_every_readable_image_once_and_predict_returns_caption
     for prediction in ("a red box", "a blue square"):  # a second epoch starts from empty metrics
         caption[0] = prediction
         metrics = _trainer(tmp_path).validate(module, datamodule=dm)[0]
+        assert metrics.pop("val/skipped_samples") == 1  # the unreadable validation image
         assert metrics == pytest.approx(_expected(prediction, references), rel=1e-6)
         assert metrics["val/cider"] > 0.1
     assert sum(seen) == 2 * len(references) == 16
@@ -126,6 +127,22 @@ def test_fit_validate_and_reload_from_checkpoint(tmp_path):
     assert restored.generate_captions(images) == module.generate_captions(images)
     expected = module.model.generate(images, module.tokenizer, num_beams=3, max_length=8, min_length=5)
     assert module.generate_captions(images) == expected
+
+
+def test_skipped_training_samples_are_counted_and_survive_a_checkpoint(tmp_path, caplog):
+    train = write_fake_dataset(tmp_path / "images", num_images=3, corrupt=1)  # 4 items, 1 unreadable
+    dm = _datamodule(train, write_fake_caption_eval(train, corrupt=1))
+    module = CaptionFinetune(tiny_blip(), generate_kwargs={"max_length": 6})
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)  # one batch of all 4 per epoch: the bad one every step
+    assert module.skipped_samples == 3 and trainer.callback_metrics["data/skipped_samples"] == 3
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    restored = CaptionFinetune.load_from_checkpoint(tmp_path / "c.ckpt", weights_only=True)
+    assert restored.skipped_samples == 3
+    with caplog.at_level("WARNING", logger="lightning_blip.tasks.base"):
+        module.generate_captions = lambda images: ["x"] * len(images)
+        _trainer(tmp_path).predict(module, datamodule=dm)
+    assert "skipped 1 unreadable samples" in caplog.text
 
 
 def test_qformer_stage2_validates_with_caption_metrics_and_keeps_its_loss(tmp_path):
