@@ -50,6 +50,8 @@ def load_torch_file(path: str | Path, mmap: bool = False) -> object:
             f"(torch.load(weights_only=True) failed: {err}). Re-save it as safetensors or as a plain "
             "state dict of tensors."
         ) from err
+    except Exception as err:  # empty, truncated or not a torch file at all: torch raises many kinds
+        raise ValueError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: {err})") from err
 
 
 def unwrap_state_dict(obj: object) -> object:

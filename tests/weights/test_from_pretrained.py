@@ -87,6 +87,17 @@ def test_from_pretrained_refuses_a_file_that_needs_arbitrary_unpickling(tmp_path
         BlipModel.from_pretrained(path, config=tiny_blip())
 
 
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint" * 8, "truncated"])
+def test_an_unreadable_file_is_refused_by_name(tmp_path, content):
+    path = tmp_path / "model.pth"
+    if content == "truncated":
+        torch.save({"w": torch.zeros(1000)}, path)
+        content = path.read_bytes()[:500]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{path} is not a readable torch checkpoint"):
+        BlipModel.from_pretrained(path, config=tiny_blip())
+
+
 def test_an_unknown_directory_names_what_it_lacks(tmp_path):
     with pytest.raises(ValueError, match=r"\.metadata or config\.json"):
         BlipModel.from_pretrained(tmp_path)
