@@ -39,12 +39,12 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lightning_blip`` console script."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:
-        module, func = COMMANDS[argv[0]].split(":")
-        getattr(__import__(module, fromlist=[func]), func)(argv[1:])
+    command_line = sys.argv[1:] if argv is None else argv
+    if command_line and command_line[0] in COMMANDS:
+        module, func = COMMANDS[command_line[0]].split(":")
+        getattr(__import__(module, fromlist=[func]), func)(command_line[1:])
         return
-    BlipCLI(args=argv)
+    BlipCLI(args=argv)  # None: LightningCLI reads sys.argv (given args as well, it warns)
 
 
 if __name__ == "__main__":
