@@ -154,7 +154,11 @@ def _read_questions(path: Path, image_template: str) -> tuple[list[VQARecord], i
         return parse_records(path, ((f"record {i}", r) for i, r in enumerate(data)), parse_flat_record)
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         raise TypeError(f"{path}: expected a VQAv2 question file ('questions' list) or a list of records")
-    subtype = str(data.get("data_subtype", ""))
+    subtype = data.get("data_subtype")
+    if "{subtype}" in image_template and not (isinstance(subtype, str) and subtype):
+        raise ValueError(
+            f"{path}: no 'data_subtype' (e.g. train2014), which image_template {image_template!r} needs"
+        )
     items = ((f"question {i}", r) for i, r in enumerate(data["questions"]))
     return parse_records(path, items, lambda raw: parse_vqav2_question(raw, subtype, image_template))
 

@@ -55,6 +55,11 @@ def test_vqav2_layout_joins_answers_and_skips_bad_records(tmp_path: Path, caplog
     assert skipped == 1 and len(records) == 9 and all(not r.answers for r in records)
     with pytest.raises(ValueError, match="image_template '{split}/{imageid}.jpg' must use only"):
         load_vqa(paths["questions"], None, image_template="{split}/{imageid}.jpg")
+    del data["data_subtype"]
+    paths["questions"].write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="no 'data_subtype'"):  # else the paths would be "/COCO__..."
+        load_vqa(paths["questions"], None)
+    assert load_vqa(paths["questions"], None, image_template="{image_id}.jpg")[0][0].image == "100.jpg"
 
 
 def test_flat_layout_skips_a_bad_line_and_matches_the_vqav2_layout(tmp_path: Path):
