@@ -120,6 +120,10 @@ def test_datamodule_batches_and_answer_list(tmp_path: Path):
     val = list(dm.val_dataloader())
     assert sum(len(b["question_id"]) for b in val) == 8  # the corrupt image's 2 questions are dropped
     assert sum(b["num_skipped"] for b in val) == 2
+    (tmp_path / "none.jsonl").write_text('{"question": "no image?"}\n')
+    empty = VQADataModule(train_questions=[str(tmp_path / "none.jsonl")], image_root=str(tmp_path))
+    with pytest.raises(ValueError, match="train_questions .*none.jsonl.*no valid question"):
+        empty.setup("fit")
 
 
 def test_easy_vqa_in_the_vqav2_layout(tmp_path: Path):
