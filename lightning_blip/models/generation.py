@@ -184,6 +184,26 @@ class _Decoder:
         return cache._replace(**fields)
 
 
+def top_per_row(x: Tensor, n: int, block: int = 64) -> tuple[Tensor, Tensor]:
+    """The ``n`` largest values of each row of ``x`` ``(R, V)`` and their columns, ``(R, n)`` each.
+
+    Equal to ``x.topk(n, dim=1)``, but reads a wide row (a vocabulary) once through block maxima:
+    the ``n`` largest values lie in the ``n`` blocks of ``block`` columns with the largest maxima,
+    so only those blocks and the last, partial one are searched.
+    """
+    R, V = x.shape
+    full = V // block * block
+    if full // block <= 4 * n:
+        return x.topk(n, dim=1)
+    blocks = x[:, :full].view(R, full // block, block)
+    chosen = blocks.amax(dim=2).topk(n, dim=1).indices  # (R, n)
+    candidates = blocks.gather(1, chosen[..., None].expand(R, n, block)).flatten(1)
+    values, index = torch.cat([candidates, x[:, full:]], dim=1).topk(n, dim=1)
+    in_blocks = index < n * block
+    columns = chosen.gather(1, (index // block).clamp(max=n - 1)) * block + index % block
+    return values, torch.where(in_blocks, columns, index - n * block + full)
+
+
 def _is_identity(rows: Tensor, size: int) -> bool:
     return rows.shape[0] == size and bool((rows == torch.arange(size, device=rows.device)).all())
 
@@ -301,11 +321,14 @@ class _BeamSearch(_Search):
         K, (R, V), length = self.num_beams, scores.shape, ids.shape[1]
         G = images.shape[0]
         k = R // G  # 1 at the first step (one prompt per image), then up to num_beams
+        # the best 2K of each row, then the best 2K of each image's k * 2K: the best 2K of its k * V
+        n = min(2 * K, V)
+        row_scores, row_tokens = top_per_row(scores, n)
         if self.beam_scores is not None:
-            scores = scores + self.beam_scores[:, None]
-        top_scores, top = scores.view(G, k * V).topk(min(2 * K, k * V), dim=1)
-        parents = (top // V + torch.arange(G, device=top.device)[:, None] * k).tolist()
-        tokens, top_scores = (top % V).tolist(), top_scores.tolist()
+            row_scores = row_scores + self.beam_scores[:, None]
+        top_scores, top = row_scores.view(G, k * n).topk(min(2 * K, k * n), dim=1)
+        parents = (top // n + torch.arange(G, device=top.device)[:, None] * k).tolist()
+        tokens, top_scores = row_tokens.view(G, k * n).gather(1, top).tolist(), top_scores.tolist()
         rows, next_tokens, next_scores, kept = [], [], [], []
         for g, image in enumerate(images.tolist()):
             hypotheses = self.hypotheses[image]

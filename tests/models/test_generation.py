@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_text, tiny_vision
 
 from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.generation import _BeamSearch, _process, generate_ids
+from lightning_blip.models.generation import _BeamSearch, _process, generate_ids, top_per_row
 from lightning_blip.models.tokenizer import build_tokenizer
 
 PAD, SEP, BOS = 0, 1, 2
@@ -140,6 +140,32 @@ def test_beam_search_equals_a_naive_reference():
         results += expected
     # both endings occur: [SEP] before max_length, and max_length reached
     assert any(row[-1] == SEP for row in results) and any(len(row) == 9 for row in results)
+
+
+@pytest.mark.parametrize("width", [30524, 64 * 40, 64 * 40 + 7])
+@pytest.mark.parametrize("n", [1, 6, 10])
+def test_top_per_row_equals_topk(width, n):
+    x = torch.randn(5, width, generator=torch.Generator().manual_seed(width + n))
+    x[0, -1] = 50.0  # the best in the partial last block
+    x[1, :: width // 3] = -INF  # suppressed tokens
+    x[2, :100] += 5.0  # the best all in the first blocks
+    values, columns = top_per_row(x, n)
+    expected = x.topk(n, dim=1)
+    assert torch.equal(values, expected.values) and torch.equal(columns, expected.indices)
+
+
+def test_beam_search_over_a_wide_vocabulary_equals_a_naive_reference():
+    """A vocabulary wide enough for top_per_row's block search (the tests above use 30 tokens)."""
+    model = _model(vocab=64 * 40 + 5)
+    images = _images(3)
+    prompt = [BOS, 5, 6]
+    for beams, length_penalty, rep, min_length in BEAM_SETTINGS[:2]:
+        ids = generate_ids(model, images, torch.tensor([prompt] * 3), beams, 7, min_length, length_penalty, rep)
+        expected = [
+            _naive_beam_search(model, images[i], prompt, beams, 7, min_length, length_penalty, rep)
+            for i in range(3)
+        ]
+        assert _rows(ids) == expected, (beams, length_penalty, rep, min_length)
 
 
 def test_greedy_and_nucleus_of_one_token_equal_a_naive_greedy_reference():
