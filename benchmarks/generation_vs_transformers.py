@@ -16,7 +16,8 @@ decoding's share of the ratio can be read off.
 
 Usage::
 
-    python benchmarks/generation_vs_transformers.py                # tiny preset, batch 8, 2 threads
+    python benchmarks/generation_vs_transformers.py                # small preset, batch 8, 2 threads
+    python benchmarks/generation_vs_transformers.py --preset tiny  # the weight tests' sizes
     python benchmarks/generation_vs_transformers.py --threads 1    # steadier on a shared machine
     python benchmarks/generation_vs_transformers.py --profile      # + torch.profiler top ops per call
 
@@ -48,8 +49,19 @@ from lightning_blip.weights.convert import blip_config_from_transformers
 from lightning_blip.weights.transformers_blip import load_transformers_blip
 
 PRESETS = {
-    # BLIP-shaped (224 px, patch 16, head dim 64, FFN 4x) but small: pretrain_step.py's tiny, 4 deep
+    # the weights tests/weights use (tests/conftest.py's tiny_vision and tiny_text; FFN 4x here)
     "tiny": {
+        "image_size": 32,
+        "patch_size": 8,
+        "vision_width": 48,
+        "vision_depth": 2,
+        "vision_heads": 4,
+        "text_width": 64,
+        "text_layers": 2,
+        "text_heads": 4,
+    },
+    # BLIP-shaped (224 px, patch 16, head dim 64, FFN 4x) but small: pretrain_step.py's tiny, 4 deep
+    "small": {
         "image_size": 224,
         "patch_size": 16,
         "vision_width": 256,
@@ -68,7 +80,7 @@ PROMPT = "a picture of "
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="size flags override it")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="size flags override it")
     for name in PRESETS["tiny"]:
         p.add_argument(
             "--" + name.replace("_", "-"), type=int, default=None, help=f"override the preset's {name}"

@@ -249,7 +249,7 @@ class _TokenSearch(_Search):
         self.temperature, self.generator = temperature, generator
 
     def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        tokens = self._sample(scores) if self.do_sample else scores.argmax(dim=-1)
+        tokens = self._sample(scores) if self.do_sample else top_per_row(scores, 1)[1][:, 0]
         ended = tokens == self.eos
         for row in ended.nonzero().squeeze(1).tolist():
             self.finished[int(images[row])] = torch.cat([ids[row], tokens[row : row + 1]])
