@@ -170,7 +170,10 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
         self.config = config = replace(config, qformer=qformer)
         self.qformer = QFormer(config.qformer)
         self.llm, self.tokenizer, self.is_encoder_decoder = _load_llm(config)
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(self.llm.forward).parameters
+        llm_arguments = inspect.signature(self.llm.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in llm_arguments
+        # transformers renamed the cache argument (and output field) past_key_values to cache in 5.x
+        self._cache_name = "cache" if "cache" in llm_arguments else "past_key_values"
         self.llm_dtype = DTYPES[config.llm_dtype]
         self.llm.requires_grad_(False)
         self.llm.eval()
@@ -410,7 +413,7 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
         if not self.is_encoder_decoder and expansion > 1:
             # [queries; prompt] but its last position once per image, not once per beam: the cache is
             # then copied to every beam, and generate() runs the last position only
-            options["past_key_values"] = self._prefix_cache(inputs[:, :-1], attention_mask[:, :-1], expansion)
+            options[self._cache_name] = self._prefix_cache(inputs[:, :-1], attention_mask[:, :-1], expansion)
         sequences = self.llm.generate(
             inputs_embeds=inputs,
             attention_mask=attention_mask,
@@ -462,7 +465,7 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
             # as generate() numbers left-padded rows: from the first real token
             extra["position_ids"] = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         out = self.llm(inputs_embeds=inputs, attention_mask=attention_mask, use_cache=True, **extra)
-        cache = out.past_key_values
+        cache = getattr(out, self._cache_name)
         cache.batch_repeat_interleave(repeats)
         return cache
 

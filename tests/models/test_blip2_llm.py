@@ -195,6 +195,7 @@ def test_batched_generation_equals_one_by_one(models, kind, num_beams):
         )
 
 
+@pytest.mark.filterwarnings("error:.*deprecated:FutureWarning")  # e.g. the cache argument's old name
 @pytest.mark.parametrize("kind", ["opt", "gpt2", "llama"])
 def test_beams_share_the_prefix_cache_and_generate_what_the_llm_generates_alone(models, kind, monkeypatch):
     """Decoder-only beam search runs [queries; prompt] once per image, and gives the LLM's own text."""
