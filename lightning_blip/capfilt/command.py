@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "-c", "--config", action=ActionConfigFile, help="a YAML recipe (recipes/capfilt.yaml)"
     )
     parser.add_function_arguments(capfilt)
-    cfg = parser.instantiate_classes(parser.parse_args(argv))
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
+    cfg = instantiate(parser.parse_args(argv))
     kwargs = {k: v for k, v in vars(cfg).items() if k != "config"}
     summary = capfilt(**kwargs)
     if summary is not None:

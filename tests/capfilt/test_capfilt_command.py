@@ -64,6 +64,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # same kernels as in-process
 
 
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # e.g. a renamed jsonargparse method
 def test_statistics_count_every_record(setup: dict):
     web, human = setup["stats"]["sources"]["web"], setup["stats"]["sources"]["human"]
     # 10 readable images + 1 unreadable, one malformed JSONL line, one synthetic caption per readable image
