@@ -1,8 +1,10 @@
-"""Consolidating an FSDP2 distributed checkpoint (a directory of shards) into one checkpoint file.
+"""Reading FSDP2 distributed checkpoints (directories of shards) safely, and consolidating them.
 
 torch's own reader unpickles the directory's ``.metadata`` and every non-tensor value without
 restriction, so a crafted directory could run code. Here the metadata goes through an unpickler that
 admits only the checkpoint-format classes, and values through ``torch.load(weights_only=True)``.
+Lightning resumes from a directory with torch's reader: :func:`check_distributed_checkpoint` is
+what our CLI runs on such a ``ckpt_path`` first.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from lightning_blip.models.checkpoint_io import load_torch_file
@@ -82,10 +84,42 @@ class _SafePlanner(_EmptyStateDictLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = loaded
 
 
+class _ValuesPlanner(_SafePlanner):
+    """Plans the non-tensor values only: no tensor is allocated or read."""
+
+    def _should_include_key(self, key: str, metadata: Metadata) -> bool:
+        stored = metadata.state_dict_metadata[key]
+        return isinstance(stored, BytesStorageMetadata) and super()._should_include_key(key, metadata)
+
+
 def read_distributed_state_dict(checkpoint_dir: str | Path, keys: set[str] | None = None) -> dict[str, Any]:
     """The (nested) dict saved in a DCP directory, or only its top-level ``keys``; read safely."""
+    return _read(checkpoint_dir, _SafePlanner(keys=keys))
+
+
+def check_distributed_checkpoint(checkpoint_dir: str | Path) -> None:
+    """Refuse a DCP directory that torch's reader could not load without arbitrary unpickling.
+
+    Reads its ``.metadata``, every non-tensor value (optimiser settings, loop state) and Lightning's
+    ``meta.pt`` as :func:`read_distributed_state_dict` does, but no tensor: cheap on every rank.
+    Raises ``ValueError`` naming the file or key that needs arbitrary unpickling.
+    """
+    source = _distributed_checkpoint_dir(checkpoint_dir)
+    _read(source, _ValuesPlanner())
+    if (source / METADATA_FILE).is_file():
+        load_torch_file(source / METADATA_FILE)
+
+
+def _distributed_checkpoint_dir(path: str | Path) -> Path:
+    source = Path(path)
+    if not (source / ".metadata").is_file():
+        raise ValueError(f"{source} is not a distributed checkpoint directory (no .metadata file)")
+    return source
+
+
+def _read(checkpoint_dir: str | Path, planner: _SafePlanner) -> dict[str, Any]:
     state: dict[str, Any] = {}
-    reader, planner = _SafeReader(checkpoint_dir), _SafePlanner(keys=keys)
+    reader = _SafeReader(checkpoint_dir)
     reader.read_metadata()  # raises here what the loader would wrap: a refused or unreadable file
     try:
         # the private loader, as torch's dcp_to_torch_save: the public one fills only keys already present
@@ -107,9 +141,7 @@ def consolidate(checkpoint_dir: str | Path, output: str | Path) -> Path:
     the directory itself to continue training). Frozen weights that the module names in the
     checkpoint's ``frozen_weights`` are left out, as in single-file checkpoints. Written atomically.
     """
-    source, output = Path(checkpoint_dir), Path(output)
-    if not (source / ".metadata").is_file():
-        raise ValueError(f"{source} is not a distributed checkpoint directory (no .metadata file)")
+    source, output = _distributed_checkpoint_dir(checkpoint_dir), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     state_dict = read_distributed_state_dict(source, keys={"state_dict"})["state_dict"]
     checkpoint = load_torch_file(source / METADATA_FILE) if (source / METADATA_FILE).is_file() else {}

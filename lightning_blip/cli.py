@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
+
+from lightning_blip.checkpoints import check_distributed_checkpoint
 
 
 class BlipCLI(LightningCLI):
@@ -24,6 +27,15 @@ class BlipCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def _check_checkpoint_dir(self) -> None:
+        """Lightning resumes from a directory (FSDP2) with torch's unrestricted unpickler: refuse
+        one that would need it, before the trainer reads anything."""
+        path = self.config[self.subcommand].get("ckpt_path")
+        if path and Path(path).is_dir():
+            check_distributed_checkpoint(path)
+
+    before_fit = before_validate = before_test = before_predict = _check_checkpoint_dir
 
 
 COMMANDS = {

@@ -160,7 +160,9 @@ def test_beam_search_over_a_wide_vocabulary_equals_a_naive_reference():
     images = _images(3)
     prompt = [BOS, 5, 6]
     for beams, length_penalty, rep, min_length in BEAM_SETTINGS[:2]:
-        ids = generate_ids(model, images, torch.tensor([prompt] * 3), beams, 7, min_length, length_penalty, rep)
+        ids = generate_ids(
+            model, images, torch.tensor([prompt] * 3), beams, 7, min_length, length_penalty, rep
+        )
         expected = [
             _naive_beam_search(model, images[i], prompt, beams, 7, min_length, length_penalty, rep)
             for i in range(3)
