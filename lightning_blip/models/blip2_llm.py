@@ -13,6 +13,7 @@ The LLM is frozen (no gradients, always in eval mode; LAVIS leaves OPT's dropout
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -34,11 +36,21 @@ from transformers import (
 from lightning_blip.losses.lm import IGNORE_INDEX
 from lightning_blip.models.blip2 import DTYPES, FrozenAwareImageEncoder, eva_vit_g
 from lightning_blip.models.checkpoint_io import load_state_dict_file
+from lightning_blip.models.generation import generate_llm_ids
+from lightning_blip.models.opt_decoding import OPTDecoding, runs_opt
 from lightning_blip.models.qformer import QFormer, QFormerConfig
 from lightning_blip.models.vision import VisionConfig
 from lightning_blip.weights.pretrained import FromPretrainedMixin
 
 VQA_PROMPT = "Question: {} Short answer:"
+# generation-config entries that change no rule of greedy or beam search as generate() calls them
+# (it is given the stop and pad ids, the lengths, num_beams, do_sample and the length penalty)
+_NEUTRAL_GENERATION_SETTINGS = {
+    *("transformers_version", "_from_model_config", "bos_token_id", "eos_token_id", "pad_token_id"),
+    *("use_cache", "output_attentions", "output_hidden_states", "output_scores", "output_logits"),
+    *("return_dict_in_generate", "max_length", "max_new_tokens", "min_new_tokens", "num_beams"),
+    *("num_return_sequences", "do_sample", "length_penalty", "temperature", "top_p", "top_k"),
+}
 
 # first "image_encoder." / "qformer." at a name boundary: what precedes it is a wrapper prefix
 _STAGE1_NAME = re.compile(r"(?:^|\.)((?:image_encoder|qformer)\..*)$")
@@ -398,6 +410,20 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
         the whole prefix once per beam.
         """
         inputs, attention_mask = self.generation_inputs(pixel_values, prompt)
+        if self._decodes_itself(num_beams, do_sample, repetition_penalty, num_return_sequences):
+            sequences = generate_llm_ids(
+                OPTDecoding(self.llm, inputs, attention_mask, max_new_tokens),
+                inputs.shape[0],
+                self._eos_ids,
+                num_beams=num_beams,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                length_penalty=length_penalty,
+                num_return_sequences=num_return_sequences,
+                pad_token_id=self.tokenizer.pad_token_id,
+                device=inputs.device,
+            )
+            return self._texts(sequences)
         options = {
             "num_beams": num_beams,
             "do_sample": do_sample,
@@ -423,10 +449,35 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
             pad_token_id=self.tokenizer.pad_token_id,
             **options,
         )
+        return self._texts(sequences)
+
+    def _texts(self, sequences: Tensor) -> list[str]:
         texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         if not self.is_encoder_decoder:
             texts = [t.split("\n", 1)[0] for t in texts]
         return [t.strip() for t in texts]
+
+    def _decodes_itself(
+        self, num_beams: int, do_sample: bool, repetition_penalty: float, num_return_sequences: int
+    ) -> bool:
+        """Greedy or beam search with an OPT LLM runs our decoding loop (:class:`OPTDecoding`), with
+        the same result as the LLM's ``generate``, unless an option or the LLM's generation config
+        asks for something that loop does not do (sampling, penalties, constraints)."""
+        defaults = vars(_default_generation_config())
+        own_settings = {
+            key
+            for key, value in vars(self.llm.generation_config).items()
+            if key not in _NEUTRAL_GENERATION_SETTINGS
+            and not key.startswith("_")
+            and defaults.get(key) != value
+        }
+        return (
+            runs_opt(self.llm)
+            and not do_sample
+            and repetition_penalty == 1.0
+            and num_return_sequences <= num_beams
+            and not own_settings
+        )
 
     def generation_inputs(
         self, pixel_values: Tensor, prompt: str | list[str] | None = None
@@ -493,6 +544,11 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
             min_new_tokens=min_new_tokens,
             length_penalty=length_penalty,
         )
+
+
+@functools.cache
+def _default_generation_config() -> GenerationConfig:
+    return GenerationConfig()
 
 
 def _load_llm(config: Blip2LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:

@@ -85,22 +85,83 @@ def generate_ids(
         raise ValueError("sampling draws one token per row: use num_beams=1 with do_sample")
     ids = prompt_ids.clone()
     ids[:, 0] = cfg.bos_token_id
-    B = ids.shape[0]
+    B, eos = ids.shape[0], [cfg.sep_token_id]
     if num_beams > 1:
-        search: _Search = _BeamSearch(B, cfg.sep_token_id, num_beams, length_penalty)
+        search: _Search = _BeamSearch(B, eos, num_beams, length_penalty)
     else:
-        search = _TokenSearch(B, cfg.sep_token_id, do_sample, top_p, top_k, temperature, generator)
+        search = _TokenSearch(B, eos, do_sample, top_p, top_k, temperature, generator)
     decoder = _Decoder(model, image_embeds, B, use_cache)
-    images = torch.arange(B, device=ids.device)  # the image of each group of rows (rows grouped by image)
+    ids, images = _decode(decoder, search, ids, max_length, min_length, repetition_penalty, num_beams > 1)
+    return search.result(ids, images, cfg.pad_token_id)
+
+
+@torch.no_grad()
+def generate_llm_ids(
+    decoder: Any,
+    batch_size: int,
+    eos_ids: list[int],
+    num_beams: int = 1,
+    max_new_tokens: int = 30,
+    min_new_tokens: int = 1,
+    length_penalty: float = 1.0,
+    num_return_sequences: int = 1,
+    pad_token_id: int = 0,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Greedy or beam-search decoding of a decoder-only LLM with transformers 5's rules.
+
+    These are the rules of the LLM's own ``generate`` (which BLIP-2 calls with the query and prompt
+    embeddings): at most ``max_new_tokens``, any of ``eos_ids`` stops a sequence and is suppressed
+    before ``min_new_tokens``; beam search as :class:`_LLMBeamSearch`.
+
+    Args:
+        decoder: ``step(ids)`` -> next-token logits ``(R, V)`` (the first call reads the prefix, one
+            row per image) and ``keep(rows, images)``, as :class:`~lightning_blip.models.opt_decoding.OPTDecoding`.
+        batch_size: images ``B``.
+        num_return_sequences: the best hypotheses returned per image (at most ``num_beams``).
+
+    Returns:
+        ``(B * num_return_sequences, T)`` new tokens, grouped by image, a stop id ending each sequence
+        that stopped; ``pad_token_id`` after the end.
+    """
+    if num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences ({num_return_sequences}) > num_beams ({num_beams})")
+    ids = torch.full((batch_size, 1), pad_token_id, dtype=torch.long, device=device)  # a stand-in prefix
+    max_length, min_length = 1 + max_new_tokens, 1 + min_new_tokens
+    if num_beams > 1:
+        search: _Search = _LLMBeamSearch(
+            batch_size, eos_ids, num_beams, length_penalty, num_return_sequences, 1, max_length
+        )
+    else:
+        search = _TokenSearch(batch_size, eos_ids, False, 1.0, 0, 1.0, None)
+    ids, images = _decode(decoder, search, ids, max_length, min_length, 1.0, num_beams > 1)
+    return search.result(ids, images, pad_token_id)[:, 1:]
+
+
+def _decode(
+    decoder: Any,
+    search: _Search,
+    ids: Tensor,
+    max_length: int,
+    min_length: int,
+    repetition_penalty: float,
+    log_probs: bool,
+) -> tuple[Tensor, Tensor]:
+    """The decoding loop: ``decoder`` gives logits, ``search`` picks the rows and tokens that go on.
+
+    Returns the sequences still running when it stops (at ``max_length``) and their images.
+    """
+    images = torch.arange(ids.shape[0], device=ids.device)  # the image of each group of rows
     while ids.shape[1] < max_length and ids.shape[0] > 0:
         logits = decoder.step(ids)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 or fp64
-        scores = logits.log_softmax(dim=-1) if num_beams > 1 else logits
-        scores = _process(scores, ids, repetition_penalty, min_length, cfg.sep_token_id)
+        scores = logits.log_softmax(dim=-1) if log_probs else logits
+        scores = _process(scores, ids, repetition_penalty, min_length, search.eos)
         rows, tokens, images = search.step(scores, ids, images)
-        ids = torch.cat([ids[rows], tokens[:, None]], dim=1)
-        decoder.keep(rows, images)
-    return search.result(ids, images, cfg.pad_token_id)
+        ids = torch.cat([ids if rows is None else ids[rows], tokens[:, None]], dim=1)
+        if rows is not None:
+            decoder.keep(rows, images)
+    return ids, images
 
 
 def greedy_decode(
@@ -117,8 +178,10 @@ def decode_captions(tokenizer, ids: Tensor, prompt: str = "") -> list[str]:
     return [t[len(prompt) :].strip() if prompt and t.startswith(prompt) else t.strip() for t in texts]
 
 
-def _process(scores: Tensor, ids: Tensor, repetition_penalty: float, min_length: int, eos: int) -> Tensor:
-    """Repetition penalty on the tokens of ``ids`` ``(R, T)`` and [SEP] suppression: ``(R, V)``."""
+def _process(
+    scores: Tensor, ids: Tensor, repetition_penalty: float, min_length: int, eos: list[int]
+) -> Tensor:
+    """Repetition penalty on the tokens of ``ids`` ``(R, T)`` and stop-id suppression: ``(R, V)``."""
     if repetition_penalty != 1.0:
         seen = scores.gather(1, ids)
         penalised = torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty)
@@ -166,7 +229,7 @@ class _Decoder:
             if kept is not None:
                 self.memory = self.memory[kept.to(self.memory.device)]
             return
-        rows_changed = not _is_identity(rows, self.cache[0].self_kv[0].shape[0])
+        rows_changed = not rows_unchanged(rows, self.cache[0].self_kv[0].shape[0])
         if rows_changed or kept is not None:
             self.cache = [self._index(c, rows if rows_changed else None, kept) for c in self.cache]
 
@@ -204,20 +267,22 @@ def top_per_row(x: Tensor, n: int, block: int = 64) -> tuple[Tensor, Tensor]:
     return values, torch.where(in_blocks, columns, index - n * block + full)
 
 
-def _is_identity(rows: Tensor, size: int) -> bool:
+def rows_unchanged(rows: Tensor, size: int) -> bool:
+    """``rows`` selects all ``size`` rows of the last step in order: a cache needs no re-indexing."""
     return rows.shape[0] == size and bool((rows == torch.arange(size, device=rows.device)).all())
 
 
 class _Search:
     """How the next tokens are chosen and where finished sequences go."""
 
-    def __init__(self, batch_size: int, eos: int) -> None:
-        self.eos = eos
+    def __init__(self, batch_size: int, eos: list[int]) -> None:
+        self.eos = eos  # the stop ids
         self.finished: list[Tensor | None] = [None] * batch_size
 
-    def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         """Processed scores ``(R, V)`` of sequences ``ids`` ``(R, T)`` -> the rows that continue
-        ``(R',)``, their next tokens ``(R',)`` and the images of their groups."""
+        ``(R',)`` (None: all of them, in order), their next tokens ``(R',)`` and the images of their
+        groups."""
         raise NotImplementedError
 
     def result(self, ids: Tensor, images: Tensor, pad: int) -> Tensor:
@@ -237,7 +302,7 @@ class _TokenSearch(_Search):
     def __init__(
         self,
         batch_size: int,
-        eos: int,
+        eos: list[int],
         do_sample: bool,
         top_p: float,
         top_k: int,
@@ -248,9 +313,11 @@ class _TokenSearch(_Search):
         self.do_sample, self.top_p, self.top_k = do_sample, top_p, top_k
         self.temperature, self.generator = temperature, generator
 
-    def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         tokens = self._sample(scores) if self.do_sample else top_per_row(scores, 1)[1][:, 0]
-        ended = tokens == self.eos
+        ended = torch.isin(tokens, torch.tensor(self.eos, device=tokens.device))
+        if not ended.any():
+            return None, tokens, images
         for row in ended.nonzero().squeeze(1).tolist():
             self.finished[int(images[row])] = torch.cat([ids[row], tokens[row : row + 1]])
         rows = (~ended).nonzero().squeeze(1)
@@ -309,40 +376,30 @@ class _Hypotheses:
 
 
 class _BeamSearch(_Search):
-    """Beam search with ``num_beams`` beams per image (module docstring)."""
+    """Beam search with ``num_beams`` beams per image, transformers 4.15's rules (module docstring)."""
 
-    def __init__(self, batch_size: int, eos: int, num_beams: int, length_penalty: float) -> None:
+    def __init__(self, batch_size: int, eos: list[int], num_beams: int, length_penalty: float) -> None:
         super().__init__(batch_size, eos)
         self.num_beams = num_beams
+        self.candidates = 2 * num_beams  # continuations kept per image and step
         self.hypotheses = [_Hypotheses(num_beams, length_penalty) for _ in range(batch_size)]
         self.beam_scores: Tensor | None = None  # (R,) log-probability sums of the running rows
 
     def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        K, (R, V), length = self.num_beams, scores.shape, ids.shape[1]
-        G = images.shape[0]
+        (R, V), G, C = scores.shape, images.shape[0], self.candidates
         k = R // G  # 1 at the first step (one prompt per image), then up to num_beams
-        # the best 2K of each row, then the best 2K of each image's k * 2K: the best 2K of its k * V
-        n = min(2 * K, V)
+        # the best C of each row, then the best C of each image's k * C: the best C of its k * V
+        n = min(C, V)
         row_scores, row_tokens = top_per_row(scores, n)
         if self.beam_scores is not None:
             row_scores = row_scores + self.beam_scores[:, None]
-        top_scores, top = row_scores.view(G, k * n).topk(min(2 * K, k * n), dim=1)
+        top_scores, top = row_scores.view(G, k * n).topk(min(C, k * n), dim=1)
         parents = (top // n + torch.arange(G, device=top.device)[:, None] * k).tolist()
         tokens, top_scores = row_tokens.view(G, k * n).gather(1, top).tolist(), top_scores.tolist()
         rows, next_tokens, next_scores, kept = [], [], [], []
         for g, image in enumerate(images.tolist()):
-            hypotheses = self.hypotheses[image]
-            running = []
-            for rank, (parent, token, score) in enumerate(zip(parents[g], tokens[g], top_scores[g])):
-                if token == self.eos:
-                    # only [SEP]s among the best num_beams count; a suppressed one never does
-                    if rank < K and score != float("-inf"):
-                        hypotheses.add(ids[parent], score, ended=True)
-                else:
-                    running.append((parent, token, score))
-                    if len(running) == K:
-                        break
-            if hypotheses.is_done(top_scores[g][0], length):
+            running = self._continue(image, ids, list(zip(parents[g], tokens[g], top_scores[g])))
+            if running is None:  # the image is done
                 continue
             kept.append(g)
             for parent, token, score in running:
@@ -358,10 +415,80 @@ class _BeamSearch(_Search):
             images[torch.tensor(kept, dtype=torch.long, device=device)],
         )
 
+    def _continue(
+        self, image: int, ids: Tensor, candidates: list[tuple[int, int, float]]
+    ) -> list[tuple[int, int, float]] | None:
+        """Hypotheses from the best ``candidates`` (parent row, token, score) of ``image``, best
+        first; returns the beams that continue, or None when the image is done."""
+        hypotheses, running = self.hypotheses[image], []
+        for rank, (parent, token, score) in enumerate(candidates):
+            if token in self.eos:
+                # only [SEP]s among the best num_beams count; a suppressed one never does
+                if rank < self.num_beams and score != float("-inf"):
+                    hypotheses.add(ids[parent], score, ended=True)
+            else:
+                running.append((parent, token, score))
+                if len(running) == self.num_beams:
+                    break
+        return None if hypotheses.is_done(candidates[0][2], ids.shape[1]) else running
+
     def result(self, ids: Tensor, images: Tensor, pad: int) -> Tensor:
         if images.shape[0]:  # reached max_length: the running beams join the hypotheses
             k = ids.shape[0] // images.shape[0]
             scores = [0.0] * ids.shape[0] if self.beam_scores is None else self.beam_scores.tolist()
             for row in range(ids.shape[0]):
                 self.hypotheses[int(images[row // k])].add(ids[row], scores[row], ended=False)
-        return self._pad([h.best(self.eos) for h in self.hypotheses], ids, pad)
+        return self._pad([h.best(self.eos[0]) for h in self.hypotheses], ids, pad)
+
+
+class _LLMBeamSearch(_BeamSearch):
+    """Beam search with transformers 5's rules (``early_stopping=False``), as an LLM's ``generate`` runs it.
+
+    Unlike :class:`_BeamSearch`: each image keeps ``max(2, 1 + len(eos)) * num_beams`` candidates
+    per step; a candidate ending in a stop id among the best ``num_beams`` becomes a hypothesis scored
+    ``sum_logprobs / generated ** length_penalty``, ``generated`` counting the new tokens with the stop
+    id; at ``max_length`` the best ``num_beams`` candidates become hypotheses whatever their last
+    token; an image is done once it holds ``num_beams`` hypotheses and the best running beam's sum,
+    divided by the same ``generated ** length_penalty``, does not beat the worst of them.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        eos: list[int],
+        num_beams: int,
+        length_penalty: float,
+        num_return_sequences: int,
+        prompt_length: int,
+        max_length: int,
+    ) -> None:
+        super().__init__(batch_size, eos, num_beams, length_penalty)
+        self.candidates = max(2, 1 + len(eos)) * num_beams
+        self.length_penalty, self.num_return_sequences = length_penalty, num_return_sequences
+        self.prompt_length, self.max_length = prompt_length, max_length
+        self.best: list[list[tuple[float, Tensor]]] = [[] for _ in range(batch_size)]  # best first
+
+    def _continue(
+        self, image: int, ids: Tensor, candidates: list[tuple[int, int, float]]
+    ) -> list[tuple[int, int, float]] | None:
+        K, length = self.num_beams, ids.shape[1] + 1
+        norm = (length - self.prompt_length) ** self.length_penalty
+        last = length >= self.max_length
+        best, running = self.best[image], []
+        for rank, (parent, token, score) in enumerate(candidates):
+            if last or token in self.eos:
+                if rank < K and score != float("-inf"):
+                    best.append((score / norm, torch.cat([ids[parent], ids.new_tensor([token])])))
+            elif len(running) < K:
+                running.append((parent, token, score))
+        best.sort(key=lambda item: -item[0])  # stable: the earlier hypothesis first among equals
+        del best[K:]
+        if last or not running or (len(best) >= K and running[0][2] / norm <= best[-1][0]):
+            return None
+        return running
+
+    def result(self, ids: Tensor, images: Tensor, pad: int) -> Tensor:
+        # nothing runs at the end: the step that reached max_length made hypotheses of every beam
+        return self._pad(
+            [seq for best in self.best for _, seq in best[: self.num_return_sequences]], ids, pad
+        )

@@ -11,6 +11,7 @@ from conftest import tiny_vision
 from safetensors.torch import save_file
 
 from lightning_blip.losses.lm import IGNORE_INDEX
+from lightning_blip.models import blip2_llm
 from lightning_blip.models.blip2 import Blip2Config, Blip2Model
 from lightning_blip.models.blip2_llm import (
     VQA_PROMPT,
@@ -218,6 +219,25 @@ def test_beams_share_the_prefix_cache_and_generate_what_the_llm_generates_alone(
     assert model.generate(pixel_values, prompts, **kw) == expected
     assert rows[0] == (3, inputs.shape[1] - 1)  # the prefix, once per image
     assert all(r == (3 * 3, 1) for r in rows[1:])  # then one position per beam and step
+
+
+def test_an_opt_llm_runs_our_decoding_loop_unless_an_option_needs_its_generate(models, monkeypatch):
+    model = models["opt"]
+    pixel_values = torch.randn(2, 3, 32, 32)
+    ours = []
+    decode = blip2_llm.generate_llm_ids
+    monkeypatch.setattr(blip2_llm, "generate_llm_ids", lambda *a, **kw: ours.append(kw) or decode(*a, **kw))
+    kw = {"num_beams": 2, "max_new_tokens": 4}
+    model.generate(pixel_values, **kw)
+    assert not ours  # the fixture's generation config suppresses tokens: a rule our loop does not run
+    monkeypatch.setattr(model.llm.generation_config, "suppress_tokens", None)
+    expected = model.generate(pixel_values, **kw)
+    assert len(ours) == 1
+    for other in ({"do_sample": True}, {"repetition_penalty": 1.3}):
+        model.generate(pixel_values, **{**kw, **other})
+    assert len(ours) == 1
+    monkeypatch.setattr(model, "_decodes_itself", lambda *args: False)
+    assert model.generate(pixel_values, **kw) == expected  # the LLM's generate: the same text
 
 
 def _rows(args, kwargs) -> tuple[int, int]:

@@ -191,7 +191,7 @@ def test_greedy_and_nucleus_of_one_token_equal_a_naive_greedy_reference():
 
 def test_only_sep_among_the_best_num_beams_finishes_a_hypothesis():
     """Hand-made log-probabilities through three steps of one image with 2 beams (2K = 4 candidates)."""
-    search = _BeamSearch(batch_size=1, eos=SEP, num_beams=2, length_penalty=1.0)
+    search = _BeamSearch(batch_size=1, eos=[SEP], num_beams=2, length_penalty=1.0)
 
     def step(rows_scores: dict, ids: list, images: torch.Tensor):
         scores = torch.full((len(ids), 12), -20.0)
@@ -309,9 +309,9 @@ def test_min_length_holds_back_sep(num_beams):
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_scores():
     scores = torch.tensor([[2.0, -1.0, 0.5, -3.0]])
-    out = _process(scores.clone(), torch.tensor([[0, 1, 1]]), 2.0, min_length=0, eos=3)
+    out = _process(scores.clone(), torch.tensor([[0, 1, 1]]), 2.0, min_length=0, eos=[3])
     torch.testing.assert_close(out, torch.tensor([[1.0, -2.0, 0.5, -3.0]]))
-    out = _process(scores.clone(), torch.tensor([[0]]), 1.0, min_length=2, eos=3)
+    out = _process(scores.clone(), torch.tensor([[0]]), 1.0, min_length=2, eos=[3])
     assert out[0, 3] == -INF and out[0, 0] == 2.0
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import text_batch
 
+from lightning_blip.models import blip2_llm
 from lightning_blip.models.blip2 import Blip2Config, Blip2Model
 from lightning_blip.models.blip2_llm import Blip2ForGeneration
 from lightning_blip.models.small_llm import (
@@ -254,8 +255,12 @@ def test_generated_ids_and_text_match(pairs, kind, num_beams, monkeypatch):
     hf, _, ours, _ = pairs[kind]
     pixels = images(3)
     captured = {}
-    generate = ours.llm.generate
-    monkeypatch.setattr(ours.llm, "generate", lambda **kw: captured.setdefault("ids", generate(**kw)))
+
+    def capture(name, fn):
+        return lambda *args, **kw: captured.setdefault(name, fn(*args, **kw))
+
+    monkeypatch.setattr(ours.llm, "generate", capture("llm.generate", ours.llm.generate))
+    monkeypatch.setattr(blip2_llm, "generate_llm_ids", capture("ours", blip2_llm.generate_llm_ids))
     settings = {"num_beams": num_beams, "max_new_tokens": 6, "min_new_tokens": 2}
     if num_beams > 1:
         settings["length_penalty"] = 1.0
@@ -272,7 +277,9 @@ def test_generated_ids_and_text_match(pairs, kind, num_beams, monkeypatch):
     )
     if not ours.is_encoder_decoder:  # transformers returns the prompt first
         expected = expected[:, ids.shape[1] :]
-    assert torch.equal(captured["ids"], expected)
+    (path,) = captured  # an OPT LLM runs our decoding loop, T5 the LLM's generate
+    assert path == ("ours" if kind == "opt" else "llm.generate")
+    assert torch.equal(captured[path], expected)
     decoded = ours.tokenizer.batch_decode(expected, skip_special_tokens=True)
     assert texts == [t.split("\n", 1)[0].strip() for t in decoded]
     assert len(set(texts)) > 1  # the generations depend on the image
