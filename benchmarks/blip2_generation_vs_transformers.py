@@ -2,14 +2,16 @@
 
 Both sides hold the same weights: a small random transformers ``Blip2ForConditionalGeneration``
 (EVA-style ViT, Q-Former, OPT) is saved and read back with ``Blip2ForGeneration.from_pretrained``.
-Ours: ``Blip2ForGeneration.generate(pixels, prompt)`` (ViT, Q-Former query pass, projection, then the
-LLM's ``generate`` on ``[queries; BOS + prompt]``, text decoded). transformers: ``generate`` with the
-processor's ids (``<image> x Q``, BOS, prompt) and the same stop ids (EOS and a newline, as LAVIS).
-Before timing, the script checks that both sides give the same text. Greedy and beam search, batch 8.
+Ours: ``Blip2ForGeneration.generate(pixels, prompt)`` (ViT, Q-Former query pass, projection, then our
+decoding loop over the OPT's own parameters on ``[queries; BOS + prompt]``, text decoded).
+transformers: ``generate`` with the processor's ids (``<image> x Q``, BOS, prompt) and the same stop
+ids (EOS and a newline, as LAVIS). Before timing, the script checks that both sides give the same
+text. Greedy and beam search, batch 8.
 
 Usage::
 
-    python benchmarks/blip2_generation_vs_transformers.py --threads 1
+    python benchmarks/blip2_generation_vs_transformers.py --threads 1                # small preset
+    python benchmarks/blip2_generation_vs_transformers.py --threads 1 --preset tiny  # the weight tests' sizes
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import tempfile
 
 import torch
 import transformers
-from pretrain_step import add_timing_arguments, prepare_torch
+from pretrain_step import add_timing_arguments, fill_from_preset, prepare_torch
 from qformer_step import interleaved, ratios
 
 from lightning_blip.models.blip2_llm import Blip2ForGeneration
@@ -33,24 +35,49 @@ from lightning_blip.models.small_llm import (
     train_word_tokenizer,
 )
 
+PRESETS = {
+    # the weights tests/weights use (test_blip2_weights_parity.py's hf_config; FFN 4x here)
+    "tiny": {
+        "image_size": 32,
+        "patch_size": 8,
+        "vision_width": 48,
+        "vision_depth": 2,
+        "qformer_width": 32,
+        "qformer_layers": 2,
+        "llm_width": 24,
+        "llm_layers": 2,
+        "num_queries": 4,
+    },
+    # BLIP-2-shaped (224 px, patch 14, 32 queries) but small
+    "small": {
+        "image_size": 224,
+        "patch_size": 14,
+        "vision_width": 256,
+        "vision_depth": 4,
+        "qformer_width": 256,
+        "qformer_layers": 4,
+        "llm_width": 256,
+        "llm_layers": 4,
+        "num_queries": 32,
+    },
+}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--patch-size", type=int, default=14)
-    p.add_argument("--vision-width", type=int, default=256)
-    p.add_argument("--vision-depth", type=int, default=4)
-    p.add_argument("--qformer-width", type=int, default=256)
-    p.add_argument("--qformer-layers", type=int, default=4)
-    p.add_argument("--llm-width", type=int, default=256)
-    p.add_argument("--llm-layers", type=int, default=4)
-    p.add_argument("--num-queries", type=int, default=32)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="size flags override it")
+    for name in PRESETS["small"]:
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=None, help=f"override the preset's {name}"
+        )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-beams", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--prompt", default="a photo of")
     add_timing_arguments(p, warmup=1, repeats=5)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    fill_from_preset(args, PRESETS)
+    return args
 
 
 def build_transformers(args: argparse.Namespace):
@@ -116,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.python_version()}, threads {torch.get_num_threads()}, flush_denormal {flush}"
     )
     print(
-        f"  ViT {args.vision_width} x {args.vision_depth} @ {args.image_size}px, Q-Former {args.qformer_width} x "
+        f"  preset {args.preset}: ViT {args.vision_width} x {args.vision_depth} @ {args.image_size}px, Q-Former {args.qformer_width} x "
         f"{args.qformer_layers}, {args.num_queries} queries, OPT {args.llm_width} x {args.llm_layers}; "
         f"{args.batch_size} images, prompt {args.prompt!r}, max {args.max_new_tokens} new tokens"
     )

@@ -474,15 +474,17 @@ class _LLMBeamSearch(_BeamSearch):
         K, length = self.num_beams, ids.shape[1] + 1
         norm = (length - self.prompt_length) ** self.length_penalty
         last = length >= self.max_length
-        best, running = self.best[image], []
+        best, running, added = self.best[image], [], False
         for rank, (parent, token, score) in enumerate(candidates):
             if last or token in self.eos:
                 if rank < K and score != float("-inf"):
                     best.append((score / norm, torch.cat([ids[parent], ids.new_tensor([token])])))
+                    added = True
             elif len(running) < K:
                 running.append((parent, token, score))
-        best.sort(key=lambda item: -item[0])  # stable: the earlier hypothesis first among equals
-        del best[K:]
+        if added:
+            best.sort(key=lambda item: -item[0])  # stable: the earlier hypothesis first among equals
+            del best[K:]
         if last or not running or (len(best) >= K and running[0][2] / norm <= best[-1][0]):
             return None
         return running

@@ -9,6 +9,8 @@ BLIP-2's generation loop (:func:`lightning_blip.models.generation.generate_llm_i
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,12 +36,49 @@ def runs_opt(llm: nn.Module) -> bool:
     return all(type(p.data) is torch.Tensor for p in llm.parameters())
 
 
-def _linear(module: nn.Linear, x: Tensor) -> Tensor:
-    return F.linear(x, module.weight, module.bias)
+Linear = tuple[Tensor, Tensor | None]
+"""A linear layer's weight and bias."""
+Norm = tuple[tuple[int, ...], Tensor | None, Tensor | None, float] | None
+"""A LayerNorm's shape, weight, bias and epsilon (None: no LayerNorm)."""
 
 
-def _norm(module: nn.LayerNorm, x: Tensor) -> Tensor:
-    return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+class _Layer(NamedTuple):
+    """The parameters of one ``OPTDecoderLayer``, read once per generation (attribute lookups on
+    modules cost more than a small layer's arithmetic)."""
+
+    norm_before: bool
+    heads: int
+    scaling: float
+    attention_norm: Norm
+    query: Linear
+    key: Linear
+    value: Linear
+    output: Linear
+    ffn_norm: Norm
+    fc1: Linear
+    activation: nn.Module
+    fc2: Linear
+
+
+def _linear_of(module: nn.Linear | None) -> Linear | None:
+    return None if module is None else (module.weight, module.bias)
+
+
+def _norm_of(module: nn.LayerNorm | None) -> Norm:
+    return None if module is None else (module.normalized_shape, module.weight, module.bias, module.eps)
+
+
+def _layer_of(layer: nn.Module) -> _Layer:
+    attn = layer.self_attn
+    return _Layer(
+        layer.do_layer_norm_before, attn.num_heads, attn.scaling, _norm_of(layer.self_attn_layer_norm),
+        *(_linear_of(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj)),
+        _norm_of(layer.final_layer_norm), _linear_of(layer.fc1), layer.activation_fn, _linear_of(layer.fc2),
+    )  # fmt: skip
+
+
+def _norm(norm: Norm, x: Tensor) -> Tensor:
+    return x if norm is None else F.layer_norm(x, *norm)
 
 
 class OPTDecoding:
@@ -65,14 +104,20 @@ class OPTDecoding:
             raise TypeError(
                 f"OPTDecoding runs an unsharded, unquantised transformers OPTForCausalLM, got {type(llm).__name__}"
             )
-        self.llm, self.decoder = llm, llm.model.decoder
+        decoder = llm.model.decoder
+        self.embed_tokens, self.embed_positions = decoder.embed_tokens.weight, decoder.embed_positions.weight
+        self.project_in, self.project_out = _linear_of(decoder.project_in), _linear_of(decoder.project_out)
+        self.final_norm, self.lm_head = _norm_of(decoder.final_layer_norm), _linear_of(llm.lm_head)
+        self.layers = [_layer_of(layer) for layer in decoder.layers]
+        offset = decoder.embed_positions.offset
         G, S = attention_mask.shape
         self.prefix, self.length = inputs_embeds, S  # positions filled in the cache
         prefix_mask = attention_mask.bool()
         self.padded = not bool(prefix_mask.all())  # else no mask: causal, then every key
         self.mask = torch.cat([prefix_mask, prefix_mask.new_ones(G, max_new_tokens)], dim=1)
         # the position-embedding row of each row's next token: its real tokens so far + OPT's offset
-        self.positions = prefix_mask.sum(1, keepdim=True) + self.decoder.embed_positions.offset
+        self.offset = offset
+        self.positions = prefix_mask.sum(1, keepdim=True) + offset
         # every layer's keys and values, (layers, 2, R, H, S + max_new_tokens, D / H): one index per beam step
         self.cache: Tensor | None = None
 
@@ -81,7 +126,7 @@ class OPTDecoding:
         if self.cache is None:
             x, S = self.prefix, self.length
             prefix_mask = self.mask[:, :S]
-            positions = (prefix_mask.cumsum(1) - 1).clamp(min=0) + self.decoder.embed_positions.offset
+            positions = (prefix_mask.cumsum(1) - 1).clamp(min=0) + self.offset
             attn_mask = None
             if self.padded:  # causal and no padded key; a padded query reads itself (never NaN)
                 causal = torch.ones(S, S, dtype=torch.bool, device=x.device).tril()
@@ -92,75 +137,67 @@ class OPTDecoding:
             positions, self.positions = self.positions, self.positions + 1
             self.length += 1
             attn_mask = self.mask[:, None, None, : self.length] if self.padded else None
-            embeds = F.embedding(ids[:, -1:], self.decoder.embed_tokens.weight)
+            embeds = F.embedding(ids[:, -1:], self.embed_tokens)
             x = self._forward(embeds, positions, attn_mask, first=False)
-        return _linear(self.llm.lm_head, x[:, -1]).float()
+        return F.linear(x[:, -1], *self.lm_head).float()
 
     def keep(self, rows: Tensor, images: Tensor) -> None:
         """Continue with rows ``rows`` of the last step (``images`` is not needed: no shared memory)."""
         if not rows_unchanged(rows, self.positions.shape[0]):
-            self.cache = self.cache[:, :, rows]
-            self.mask, self.positions = self.mask[rows], self.positions[rows]
+            self.cache, self.positions = self.cache[:, :, rows], self.positions[rows]
+            if self.padded:
+                self.mask = self.mask[rows]
 
     def _forward(self, x: Tensor, positions: Tensor, attn_mask: Tensor | None, first: bool) -> Tensor:
         """Embeddings ``(R, L, D_embed)`` at position-embedding rows ``positions`` ``(R, L)`` -> final
         hidden states; the layers' keys/values fill the cache up to ``self.length``."""
-        decoder = self.decoder
-        position_embeds = decoder.embed_positions.weight[positions]
-        if decoder.project_in is not None:
-            x = _linear(decoder.project_in, x)
+        position_embeds = self.embed_positions[positions]
+        if self.project_in is not None:
+            x = F.linear(x, *self.project_in)
         x = x + position_embeds
-        for i, layer in enumerate(decoder.layers):
+        for i, layer in enumerate(self.layers):
             if first:
                 x, (k, v) = self._layer(layer, x, None, attn_mask)
                 if self.cache is None:
                     (R, H, S, Dh), capacity = k.shape, self.mask.shape[1]
-                    self.cache = k.new_empty(len(decoder.layers), 2, R, H, capacity, Dh)
+                    self.cache = k.new_empty(len(self.layers), 2, R, H, capacity, Dh)
                 self.cache[i, 0, :, :, :S], self.cache[i, 1, :, :, :S] = k, v
             else:
                 x, _ = self._layer(layer, x, self.cache[i], attn_mask, self.length)
-        if decoder.final_layer_norm is not None:
-            x = _norm(decoder.final_layer_norm, x)
-        if decoder.project_out is not None:
-            x = _linear(decoder.project_out, x)
-        return x
+        x = _norm(self.final_norm, x)
+        return x if self.project_out is None else F.linear(x, *self.project_out)
 
     @staticmethod
     def _layer(
-        layer: torch.nn.Module,
-        x: Tensor,
-        cache: Tensor | None,
-        attn_mask: Tensor | None,
-        length: int = 0,
+        layer: _Layer, x: Tensor, cache: Tensor | None, attn_mask: Tensor | None, length: int = 0
     ) -> tuple[Tensor, KeyValue]:
-        """One ``OPTDecoderLayer`` in eval mode. Without ``cache``: the causal prefix pass; with it:
-        one token, its keys/values written at ``length - 1`` and the first ``length`` read."""
-        attn = layer.self_attn
+        """One ``OPTDecoderLayer`` in eval mode. Without ``cache``: the causal prefix pass; with it
+        (``(2, R, H, capacity, D / H)``): one token, its keys/values written at ``length - 1`` and
+        the first ``length`` read."""
         R, L, D = x.shape
-        H = attn.num_heads
-
-        def heads(t: Tensor) -> Tensor:  # (R, L, D) -> (R, H, L, D / H); one view for one token
-            return t.view(R, H, 1, -1) if L == 1 else t.view(R, L, H, -1).transpose(1, 2)
-
+        # (R, L, D) -> (R, H, L, D / H): one view for one token
+        shape, one = (R, layer.heads, 1, -1) if L == 1 else (R, L, layer.heads, -1), L == 1
         residual = x
-        if layer.do_layer_norm_before:
-            x = _norm(layer.self_attn_layer_norm, x)
-        q = heads(_linear(attn.q_proj, x) * attn.scaling)
-        k, v = heads(_linear(attn.k_proj, x)), heads(_linear(attn.v_proj, x))
+        if layer.norm_before:
+            x = _norm(layer.attention_norm, x)
+        q = (F.linear(x, *layer.query) * layer.scaling).view(shape)
+        k, v = F.linear(x, *layer.key).view(shape), F.linear(x, *layer.value).view(shape)
+        if not one:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             cache[0][:, :, length - 1 : length] = k
             cache[1][:, :, length - 1 : length] = v
             k, v = cache[0][:, :, :length], cache[1][:, :, :length]
         is_causal = cache is None and attn_mask is None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=1.0)
-        out = out.view(R, L, D) if L == 1 else out.transpose(1, 2).reshape(R, L, D)
-        x = residual + _linear(attn.out_proj, out)
-        if not layer.do_layer_norm_before:
-            x = _norm(layer.self_attn_layer_norm, x)
+        out = out.view(R, L, D) if one else out.transpose(1, 2).reshape(R, L, D)
+        x = residual + F.linear(out, *layer.output)
+        if not layer.norm_before:
+            x = _norm(layer.attention_norm, x)
         residual = x
-        if layer.do_layer_norm_before:
-            x = _norm(layer.final_layer_norm, x)
-        x = residual + _linear(layer.fc2, layer.activation_fn(_linear(layer.fc1, x)))
-        if not layer.do_layer_norm_before:
-            x = _norm(layer.final_layer_norm, x)
+        if layer.norm_before:
+            x = _norm(layer.ffn_norm, x)
+        x = residual + F.linear(layer.activation(F.linear(x, *layer.fc1)), *layer.fc2)
+        if not layer.norm_before:
+            x = _norm(layer.ffn_norm, x)
         return x, (k, v)
