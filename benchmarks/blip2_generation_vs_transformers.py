@@ -24,6 +24,7 @@ import tempfile
 
 import torch
 import transformers
+from generation_vs_transformers import TINY_VISION
 from pretrain_step import add_timing_arguments, fill_from_preset, prepare_torch
 from qformer_step import interleaved, ratios
 
@@ -38,10 +39,7 @@ from lightning_blip.models.small_llm import (
 PRESETS = {
     # the weights tests/weights use (test_blip2_weights_parity.py's hf_config; FFN 4x here)
     "tiny": {
-        "image_size": 32,
-        "patch_size": 8,
-        "vision_width": 48,
-        "vision_depth": 2,
+        **TINY_VISION,
         "qformer_width": 32,
         "qformer_layers": 2,
         "llm_width": 24,

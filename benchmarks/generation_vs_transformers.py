@@ -48,13 +48,12 @@ from lightning_blip.models.tokenizer import default_tokenizer
 from lightning_blip.weights.convert import blip_config_from_transformers
 from lightning_blip.weights.transformers_blip import load_transformers_blip
 
+# the ViT of the weights tests/weights use (tests/conftest.py's tiny_vision; the same in BLIP-2's tests)
+TINY_VISION = {"image_size": 32, "patch_size": 8, "vision_width": 48, "vision_depth": 2}
 PRESETS = {
     # the weights tests/weights use (tests/conftest.py's tiny_vision and tiny_text; FFN 4x here)
     "tiny": {
-        "image_size": 32,
-        "patch_size": 8,
-        "vision_width": 48,
-        "vision_depth": 2,
+        **TINY_VISION,
         "vision_heads": 4,
         "text_width": 64,
         "text_layers": 2,
