@@ -473,6 +473,7 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
         }
         return (
             runs_opt(self.llm)
+            and not self.llm.training  # our loop has no dropout
             and not do_sample
             and repetition_penalty == 1.0
             and num_return_sequences <= num_beams

@@ -235,6 +235,11 @@ def test_an_opt_llm_runs_our_decoding_loop_unless_an_option_needs_its_generate(m
     assert len(ours) == 1
     for other in ({"do_sample": True}, {"repetition_penalty": 1.3}):
         model.generate(pixel_values, **{**kw, **other})
+    model.llm.train()  # dropout: only the LLM's own forward has it
+    try:
+        model.generate(pixel_values, **kw)
+    finally:
+        model.llm.eval()
     assert len(ours) == 1
     monkeypatch.setattr(model, "_decodes_itself", lambda *args: False)
     assert model.generate(pixel_values, **kw) == expected  # the LLM's generate: the same text
