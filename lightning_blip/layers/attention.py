@@ -169,7 +169,8 @@ class AttentionSublayer(nn.Module):
     def forward(self, x: Tensor, **attention_kwargs) -> tuple[Tensor, KeyValue]:
         """``(B, L, D)`` -> ``(B, L, D)`` and the attention's keys/values."""
         out, kv = self.attention(x, **attention_kwargs)
-        return self.norm(x + self.dropout(self.dense(out))), kv
+        out = self.dense(out)
+        return self.norm(x + (self.dropout(out) if self.training else out)), kv
 
 
 class FeedForward(nn.Module):
@@ -184,7 +185,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, L, D)`` -> ``(B, L, D)``."""
-        return self.norm(x + self.dropout(self.output(F.gelu(self.intermediate(x)))))
+        out = self.output(F.gelu(self.intermediate(x)))
+        return self.norm(x + (self.dropout(out) if self.training else out))
 
 
 def padding_mask(attention_mask: Tensor) -> Tensor:
@@ -197,6 +199,8 @@ def causal_padding_mask(attention_mask: Tensor, query_length: int) -> Tensor:
 
     ``attention_mask`` ``(B, S)`` covers cached and new positions; returns boolean ``(B, 1, L, S)``.
     """
+    if query_length == 1:  # the last position sees every position (a decoding step)
+        return padding_mask(attention_mask)
     total = attention_mask.shape[1]
     positions = torch.arange(total, device=attention_mask.device)
     causal = positions[None, :] <= positions[total - query_length :, None]  # (L, S)

@@ -111,7 +111,8 @@ class TextEmbeddings(nn.Module):
             position_offset, position_offset + input_ids.shape[1], device=input_ids.device
         )
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
-        return self.dropout(self.norm(x))
+        x = self.norm(x)
+        return self.dropout(x) if self.training else x
 
 
 class MEDLayer(nn.Module):
