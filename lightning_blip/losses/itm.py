@@ -14,22 +14,36 @@ from lightning_blip.layers.attention import KeyValue, concat_kv, index_kv
 from lightning_blip.losses.gather import all_gather_padded, all_gather_with_grad, pad_to
 
 
-def hard_negative_weights(sim: Tensor, positive_mask: Tensor, epsilon: float = 1e-4) -> Tensor:
+def hard_negative_weights(
+    sim: Tensor, positive_mask: Tensor, epsilon: float = 1e-4, own: Tensor | None = None
+) -> Tensor:
     """Sampling weights ``(B, K)`` for hard negatives: ``softmax(sim) + epsilon``, positives zeroed.
 
-    BLIP pretraining uses ``epsilon=1e-4``; its retrieval fine-tuning uses 0. A row whose every
-    candidate is a positive falls back to uniform weights over the other candidates, so sampling
-    never fails on small batches with repeated texts.
+    BLIP pretraining uses ``epsilon=1e-4``; its retrieval fine-tuning uses 0. A row left with no
+    weight falls back to uniform weights: over its non-positive candidates (their softmax underflowed,
+    e.g. ``epsilon=0`` at a low temperature), or, when every candidate is a positive (a small batch of
+    one image's captions), over every candidate but the row's own pair ``own`` ``(B,)`` (its index in
+    the pool), so that sampling never fails and never returns the pair itself. Raises ``ValueError``
+    when a row has no other candidate at all (a pool of one).
     """
     weights = F.softmax(sim.float(), dim=1) + epsilon
     weights = weights.masked_fill(positive_mask, 0.0)
     empty = weights.sum(dim=1) == 0
     if empty.any():
-        fallback = torch.ones_like(weights[empty])
-        rows = torch.nonzero(empty).squeeze(1)
-        diagonal = positive_mask[rows].float().argmax(dim=1)
-        fallback[torch.arange(len(rows)), diagonal] = 0.0
+        fallback = (~positive_mask[empty]).float()
+        only_positives = fallback.sum(dim=1) == 0
+        if only_positives.any():
+            if own is None:
+                raise ValueError("every candidate of a row is a positive: pass `own`, the rows' own pairs")
+            others = torch.ones_like(fallback[only_positives])
+            others[torch.arange(others.shape[0]), own[empty][only_positives]] = 0.0
+            fallback[only_positives] = others
         weights[empty] = fallback
+        if (fallback.sum(dim=1) == 0).any():
+            raise ValueError(
+                f"ITM hard negatives need at least 2 candidates per row, got a pool of {sim.shape[1]} "
+                "(a batch of 1 with pool='local'?)"
+            )
     return weights
 
 
@@ -71,21 +85,29 @@ class NegativeSampler:
         if self.pool not in ("local", "global"):
             raise ValueError(f"pool must be 'local' or 'global', got {self.pool!r}")
 
-    def __call__(self, sim_i2t: Tensor, sim_t2i: Tensor, positive_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, sim_i2t: Tensor, sim_t2i: Tensor, positive_mask: Tensor, own: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Negatives for each image and each text.
 
         Args:
             sim_i2t: ``(B, P)`` similarity of this rank's images to the pool's texts.
             sim_t2i: ``(B, P)`` similarity of this rank's texts to the pool's images.
             positive_mask: ``(B, P)`` True where the pair must not be a negative.
+            own: ``(B,)`` each row's own pair in the pool (never chosen, even when every candidate
+                is a positive; see :func:`hard_negative_weights`).
 
         Returns:
             ``(neg_text_idx, neg_image_idx)``, each ``(B,)`` indices into the pool.
         """
         hardest = self.strategy == "hardest"
         with torch.no_grad():
-            neg_text = select_negatives(hard_negative_weights(sim_i2t, positive_mask, self.epsilon), hardest)
-            neg_image = select_negatives(hard_negative_weights(sim_t2i, positive_mask, self.epsilon), hardest)
+            neg_text = select_negatives(
+                hard_negative_weights(sim_i2t, positive_mask, self.epsilon, own), hardest
+            )
+            neg_image = select_negatives(
+                hard_negative_weights(sim_t2i, positive_mask, self.epsilon, own), hardest
+            )
         return neg_text, neg_image
 
 

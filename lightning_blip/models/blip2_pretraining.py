@@ -117,12 +117,15 @@ class Blip2ForPretraining(PositivePairs, nn.Module):
             if sampler.pool == "global":
                 sim_i2t = max_query_similarity(image_feats, text_all) / temp
                 sim_t2i = max_query_similarity(image_all, text_feat).t() / temp
-                positive = targets > 0
+                positive, own = targets > 0, rank * B + torch.arange(B, device=targets.device)
             else:
                 sim_i2t = max_query_similarity(image_feats, text_feat) / temp
                 sim_t2i = sim_i2t.t()
-                positive = targets[:, rank * B : (rank + 1) * B] > 0
-        neg_text_idx, neg_image_idx = sampler(sim_i2t, sim_t2i, positive)
+                positive, own = (
+                    targets[:, rank * B : (rank + 1) * B] > 0,
+                    torch.arange(B, device=targets.device),
+                )
+        neg_text_idx, neg_image_idx = sampler(sim_i2t, sim_t2i, positive, own)
         itm_ids, itm_mask, itm_kv = itm_inputs(
             input_ids,
             attention_mask,

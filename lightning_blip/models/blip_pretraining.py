@@ -261,14 +261,15 @@ class BlipForPretraining(PositivePairs, nn.Module):
             else:
                 pool_image, pool_text = image_feat_m, text_feat_m
             pool_ids, pool_offset = (ids_all, rank * B) if global_pool else (ids_or_zeros, 0)
+            own = pool_offset + torch.arange(B, device=image_feat.device)  # each row's pair in the pool
             sim_i2t = image_feat @ pool_text.t() / temp
             sim_t2i = text_feat @ pool_image.t() / temp
             if ids is None:
                 positive = torch.zeros_like(sim_i2t, dtype=torch.bool)
-                positive[torch.arange(B), pool_offset + torch.arange(B)] = True
+                positive[torch.arange(B), own] = True
             else:
                 positive = ids[:, None] == pool_ids[None, :]
-        neg_text_idx, neg_image_idx = sampler(sim_i2t, sim_t2i, positive)
+        neg_text_idx, neg_image_idx = sampler(sim_i2t, sim_t2i, positive, own)
         self._enqueue(image_m_all, text_m_all, ids_all if ids is not None else torch.full_like(ids_all, -100))
 
         image_kv = blip.image_kv(image_embeds)

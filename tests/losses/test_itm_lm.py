@@ -18,10 +18,23 @@ def test_weights_are_softmax_plus_epsilon_with_positives_zeroed():
     torch.testing.assert_close(w, expected)
 
 
-def test_a_row_of_only_positives_falls_back_to_the_others():
-    positive = torch.tensor([[True, True], [False, True]])
-    w = hard_negative_weights(torch.zeros(2, 2), positive, epsilon=0.0)
-    assert torch.equal(w[0], torch.tensor([0.0, 1.0])) and w[1, 0] > 0 and w[1, 1] == 0
+def test_a_row_of_only_positives_falls_back_to_the_others_but_never_its_own_pair():
+    positive = torch.tensor([[True, True, True], [True, True, True], [False, True, True]])
+    w = hard_negative_weights(torch.zeros(3, 3), positive, epsilon=0.0, own=torch.tensor([0, 1, 2]))
+    assert w.tolist()[:2] == [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]]  # row 1's own pair is not its first
+    assert w[2, 0] > 0 and w[2, 1:].sum() == 0
+    with pytest.raises(ValueError, match="pass `own`"):
+        hard_negative_weights(torch.zeros(3, 3), positive, epsilon=0.0)
+    with pytest.raises(ValueError, match="a pool of 1"):
+        hard_negative_weights(torch.zeros(1, 1), torch.ones(1, 1, dtype=torch.bool), own=torch.tensor([0]))
+
+
+def test_underflowed_weights_fall_back_to_the_non_positives_only():
+    """epsilon 0 at a low temperature: the softmax of the negatives is 0; positives stay excluded."""
+    sim = torch.tensor([[1.0, 0.9, -0.2, -0.3]]) / 0.005
+    positive = torch.tensor([[True, True, False, False]])
+    w = hard_negative_weights(sim, positive, epsilon=0.0, own=torch.tensor([0]))
+    assert w.tolist() == [[0.0, 0.0, 1.0, 1.0]]
 
 
 def test_sampling_never_picks_a_positive_and_hardest_is_argmax():

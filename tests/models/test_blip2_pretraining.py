@@ -75,6 +75,10 @@ def test_image_id_positives_are_never_itm_negatives():
         out = model(pixels, ids, mask, image_ids, NegativeSampler("sample", "local"))
         assert (image_ids[out.neg_text_idx] != image_ids).all()
         assert (image_ids[out.neg_image_idx] != image_ids).all()
+    # one image's captions only: the negatives are the other captions, never the pair itself
+    for pool in ("local", "global"):
+        out = model(pixels, ids, mask, torch.tensor([3, 3, 3, 3]), NegativeSampler("hardest", pool))
+        assert (out.neg_text_idx != torch.arange(4)).all() and (out.neg_image_idx != torch.arange(4)).all()
 
 
 def _step(model, batch, sampler):

@@ -79,6 +79,10 @@ def test_image_id_positives_need_ids_and_change_the_loss():
     assert not torch.allclose(a.loss_itc, b.loss_itc)
     assert b.neg_text_idx[0].item() not in (0, 1) and b.neg_text_idx[1].item() not in (0, 1)
     assert by_id.id_queue[:4].tolist() == [0, 0, 1, 2]
+    # a batch of one image's captions: the negatives are the other captions, never the pair itself
+    same = by_id(*batch, image_ids=torch.tensor([7, 7, 7, 7]), alpha=0.0, negative_sampler=sampler)
+    for negatives in (same.neg_text_idx, same.neg_image_idx):
+        assert (negatives != torch.arange(4)).all()
 
 
 def _step(model, batch, sampler):
