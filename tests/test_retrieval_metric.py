@@ -31,3 +31,16 @@ def test_distributed_padding_duplicates_are_dropped():
     index = torch.arange(6)
     padded = [torch.cat([t, t[:2]]) for t in (image, text, ids, index)]
     assert recall_at_1(*padded) == recall_at_1(image, text, ids)
+
+
+def test_image_to_text_counts_each_image_once():
+    """Image 0 has 3 captions and retrieves one of them; image 1 has 1 caption and misses it."""
+    image = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [0.9, 0.0], [0.8, 0.0], [0.7, 0.0]])  # every text prefers image 0
+    ids = torch.tensor([0, 0, 0, 1])
+    per_image = recall_at_1(image, text, ids, image_ids=ids)
+    assert per_image == {"i2t_r1": 0.5, "t2i_r1": 0.75}
+    assert recall_at_1(image, text, ids)["i2t_r1"] == 0.75  # every row its own image: pairs counted
+    index = torch.arange(4)
+    padded = [torch.cat([t, t[:2]]) for t in (image, text, ids, index)]
+    assert recall_at_1(*padded[:3], padded[3], image_ids=padded[2]) == per_image

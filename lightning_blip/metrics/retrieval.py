@@ -25,6 +25,7 @@ def recall_at_1(
     ids: Tensor,
     index: Tensor | None = None,
     similarity: Similarity = dot_similarity,
+    image_ids: Tensor | None = None,
 ) -> dict[str, float]:
     """Image-to-text and text-to-image R@1 where row i of ``image`` and ``text`` form a pair.
 
@@ -35,15 +36,26 @@ def recall_at_1(
         index: ``(N,)`` dataset indices; rows that repeat an index (padding added by a
             distributed sampler) are dropped first.
         similarity: ``(image, text)`` -> ``(N, N)`` scores (BLIP-2: max over queries).
+        image_ids: ``(N,)`` which rows show the same image (an image with several captions has
+            several rows): image-to-text counts each image once, a hit when its top text is a hit
+            for any of its rows. None: every row is its own image.
 
-    Returns ``{"i2t_r1", "t2i_r1"}``: the fraction of queries whose top item is a hit.
+    Returns ``{"i2t_r1", "t2i_r1"}``: the fraction of images (texts) whose top text (image) is a hit.
     """
     if index is not None:
         first = first_occurrence(index)
         image, text, ids = image[first], text[first], ids[first]
+        image_ids = None if image_ids is None else image_ids[first]
     sim = similarity(image.float(), text.float())
+    if image_ids is None:
+        image_hits = ids[sim.argmax(dim=1)] == ids
+    else:
+        queries = first_occurrence(image_ids)  # one row per image
+        top = sim[queries].argmax(dim=1)
+        same_image = image_ids[queries][:, None] == image_ids[None, :]
+        image_hits = ((ids[top][:, None] == ids[None, :]) & same_image).any(dim=1)
     return {
-        "i2t_r1": (ids[sim.argmax(dim=1)] == ids).float().mean().item(),
+        "i2t_r1": image_hits.float().mean().item(),
         "t2i_r1": (ids[sim.argmax(dim=0)] == ids).float().mean().item(),
     }
 

@@ -33,7 +33,13 @@ class ITCRetrievalEval:
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         image, text = self.retrieval_features(batch)
         self._retrieval_outputs.append(
-            {"image": image, "text": text, "ids": self.retrieval_ids(batch), "index": batch["index"]}
+            {
+                "image": image,
+                "text": text,
+                "ids": self.retrieval_ids(batch),
+                "index": batch["index"],
+                "image_ids": batch["image_id"],  # image-to-text R@1 counts each image once
+            }
         )
 
     test_step = validation_step
