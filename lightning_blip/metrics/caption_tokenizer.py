@@ -8,9 +8,10 @@ re-implementation of the lexer rules that captions use, written from the tokeniz
 Where the Python tokenizer may differ from the Java one: URLs and e-mail addresses, SGML/XML tags
 (``<b>``), emoticons (``:-)``), emoji and other characters outside the Basic Multilingual Plane (the
 jar drops them), abbreviations outside the lists below, currency signs other than $ £ €, letters or
-digits whose class or lowercase differ between Java and Python, CP1252 control characters, and a
-one-letter abbreviation ending a caption ("plan A."): the jar reads all captions as one text and
-splits its period when the next caption starts with "The", "A", "But"... On
+digits whose class or lowercase differ between Java and Python, CP1252 control characters, ``&``
+between capitals outside ASCII, and an abbreviation ending a caption ("plan A.", "fig."): the jar
+reads all captions as one text, so it splits a one-letter abbreviation's period when the next caption
+starts with "The", "A", "But"..., and keeps "No."/"fig." when the next caption starts with a digit. On
 thousands of generated captions with punctuation, brackets, quotes, clitics, hyphens, numbers and
 abbreviations, the tokens are identical (``tests/metrics/test_caption_tokenizer.py``). A mismatch
 changes only the affected caption's tokens.
@@ -103,12 +104,14 @@ _RULES: list[tuple[str, str]] = [
         for head, tail in [("can", "(?i:not)"), ("gon", "(?i:na)"), ("got", "(?i:ta)"), ("wan", "(?i:na)")]
         + [("lem", "(?i:me)"), ("gim", "(?i:me)"), ("'t", "(?i:is|was)")]
     ),
-    (r"(?P<tok>[A-Za-z]*[A-MO-Za-mo-z])[nN]'[tT]", "word"),  # is|n't, ca|n't
-    (rf"[nN]'[tT]{_END}", "word"),
+    (r"(?P<tok>[A-Za-z]*[A-MO-Za-mo-z])[nN]['`][tT]", "word"),  # is|n't, ca|n't, do|n`t
+    (rf"[nN]['`][tT]{_END}", "word"),
     (rf"(?P<tok>{_THING}|{_WORD})'(?i:s|m|d|re|ve|ll){_END}", "word"),  # it|'s, they|'ve
     (rf"'(?i:s|m|d|re|ve|ll){_END}", "word"),
     (rf"'[nN]'|'(?i:em|cause){_END}|[lLdDjJ]'|'[2-9]0s|'\d\d(?=\s|$)|[A-HJ-XZn]'{_LETTER}{{2,}}", "word"),
     (rf"{_LETTER}+[aeiouyAEIOUY]'[aeiouA-Z]{_LETTER}*", "word"),  # ma'am, Shi'ite
+    (rf"(?i:c'mon|ol'){_END}", "word"),  # c'mon, good ol' days
+    (r"[A-Z]+(?:&[A-Z]+)+", "word"),  # AT&T, B&W (capitals only: r&b, Rock&Roll are split)
     (rf"(?P<tok>[yY]'){_LETTER}", "word"),  # y'all -> y' all
     (r"[A-Za-z](?:\.[A-Za-z])+\.?", "word"),  # u.s., p.m
     # an initial keeps its period unless a sentence starts after it

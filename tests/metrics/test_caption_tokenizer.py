@@ -28,6 +28,9 @@ HAND_CASES = [
     "  leading spaces and trailing  ", "a caption with a tab\tinside", "", "etc.-a and Etc.s' and jan.x",
     "x-5.5 and x-5:30 and .5-inch and 3.5-inch and -5-of and u.s.-made", "ma'am's and Shi'ite and don'ts",
     "'10% and '12-inch' and '90s and '99", "#e.g. and #tag-x and #tag's", "hello,world-wide and mr.x",
+    "A B&W photo", "an AT&T store and A&P's and S&P500 and A&B&C and B&W.", "r&b and Q&A and Rock&Roll and b&W",
+    "a B&W-photo and AT&t and 3D&T", "don`t walk and can`t and won`t and DON`T but it`s and I`m",
+    "good ol' days and an OL' truck and ol'man and bol' x", "c'mon and C'mon and C'MON! and c'mere",
 ]  # fmt: skip
 
 
