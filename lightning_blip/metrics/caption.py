@@ -7,16 +7,29 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from lightning_blip.metrics.caption_tokenizer import Backend, check_backend, tokenize_captions
-from lightning_blip.metrics.sync import IdsLike, decode_texts, encode_texts, first_occurrence, ids_tensor
+from lightning_blip.metrics.sync import (
+    IdsLike,
+    TypedListMetric,
+    cat_state,
+    decode_texts,
+    encode_texts,
+    first_occurrence,
+    ids_tensor,
+)
 
-_STATES = ("pred_bytes", "pred_lengths", "ref_bytes", "ref_lengths", "num_refs", "ids")
+_STATES = {
+    "pred_bytes": torch.uint8,
+    "pred_lengths": torch.int64,
+    "ref_bytes": torch.uint8,
+    "ref_lengths": torch.int64,
+    "num_refs": torch.int64,
+    "ids": torch.int64,
+}
 
 
-class CaptionMetric(Metric):
+class CaptionMetric(TypedListMetric):
     """Collects ``(prediction, references, id)`` per image; :meth:`compute` scores the whole set.
 
     Corpus-level scores (CIDEr-D's document frequency, BLEU's length sums) depend on every image, so
@@ -37,8 +50,8 @@ class CaptionMetric(Metric):
         super().__init__(**kwargs)
         check_backend(tokenizer)
         self.tokenizer = tokenizer
-        for name in _STATES:
-            self.add_state(name, default=[], dist_reduce_fx="cat")
+        for name, dtype in _STATES.items():
+            self.add_list_state(name, dtype)
 
     def update(
         self, preds: Sequence[str], target: Sequence[Sequence[str]], ids: IdsLike | None = None
@@ -67,9 +80,9 @@ class CaptionMetric(Metric):
 
     def captions(self) -> tuple[list[str], list[list[str]]]:
         """Tokenised ``(predictions, references)`` of the unique ids, as space-joined token strings."""
-        if len(self.num_refs) == 0:
+        state = {name: cat_state(getattr(self, name)) for name in _STATES}
+        if state["num_refs"].numel() == 0:
             raise ValueError(f"{type(self).__name__}.compute() needs at least one update")
-        state = {name: dim_zero_cat(getattr(self, name)) for name in _STATES}
         preds = decode_texts(state["pred_bytes"], state["pred_lengths"])
         flat_refs = decode_texts(state["ref_bytes"], state["ref_lengths"])
         keep = first_occurrence(state["ids"]).tolist()

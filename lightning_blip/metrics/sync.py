@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 IdsLike = Sequence[int] | Tensor
 
@@ -58,3 +59,36 @@ def first_occurrence(ids: Tensor) -> Tensor:
     keep = torch.zeros_like(ids, dtype=torch.bool)
     keep[order[first_sorted]] = True
     return keep | (ids < 0)
+
+
+def cat_state(state: list[Tensor] | Tensor) -> Tensor:
+    """A ``cat`` state as one tensor: a list (before a sync, possibly empty) or a tensor (after)."""
+    if isinstance(state, Tensor):
+        return state
+    return torch.cat(state) if state else torch.empty(0)
+
+
+class TypedListMetric(Metric):
+    """A ``Metric`` whose list states each have one dtype, so that a rank that saw no data still syncs.
+
+    torchmetrics gives an empty list state an empty tensor of the metric's dtype (float32) before
+    gathering; next to the other ranks' uint8 or int64 tensors the gather then fails (gloo aborts).
+    Here an empty state gets an empty tensor of its own dtype instead. 1-D states only: an empty
+    rank cannot know the trailing shape of a feature state.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._list_dtypes: dict[str, torch.dtype] = {}
+
+    def add_list_state(self, name: str, dtype: torch.dtype) -> None:
+        """A ``cat``-reduced list state of 1-D ``dtype`` tensors."""
+        self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._list_dtypes[name] = dtype
+
+    def sync(self, *args, **kwargs) -> None:
+        for name, dtype in self._list_dtypes.items():
+            state = getattr(self, name)
+            if not state:
+                state.append(torch.empty(0, dtype=dtype, device=self.device))
+        super().sync(*args, **kwargs)

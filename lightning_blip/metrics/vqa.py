@@ -22,10 +22,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
-from lightning_blip.metrics.sync import IdsLike, first_occurrence, ids_tensor
+from lightning_blip.metrics.sync import IdsLike, TypedListMetric, cat_state, first_occurrence, ids_tensor
 
 # The official punctuation marks (the apostrophe and colon are not among them).
 _PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
@@ -202,7 +200,7 @@ def vqa_accuracy(pred: str, answers: Sequence[str]) -> float:
     return sum(min(1.0, (matches - (a == pred)) / 3) for a in answers) / len(answers)
 
 
-class VQAAccuracy(Metric):
+class VQAAccuracy(TypedListMetric):
     """Official VQA v2 accuracy, overall and per answer type; syncs across ranks.
 
     ``update(preds, target, answer_types=None, ids=None)``: ``B`` predicted answers, ``B`` lists of
@@ -219,9 +217,9 @@ class VQAAccuracy(Metric):
     def __init__(self, answer_types: Sequence[str] = ANSWER_TYPES, **kwargs) -> None:
         super().__init__(**kwargs)
         self.answer_types = tuple(answer_types)
-        self.add_state("accuracy", default=[], dist_reduce_fx="cat")
-        self.add_state("type_index", default=[], dist_reduce_fx="cat")
-        self.add_state("ids", default=[], dist_reduce_fx="cat")
+        self.add_list_state("accuracy", torch.float64)
+        self.add_list_state("type_index", torch.int64)
+        self.add_list_state("ids", torch.int64)
 
     def update(
         self,
@@ -252,9 +250,9 @@ class VQAAccuracy(Metric):
         self.ids.append(ids_tensor(ids, len(preds), self.device))
 
     def compute(self) -> dict[str, Tensor]:
-        if len(self.accuracy) == 0:
+        accuracy, types, ids = (cat_state(s) for s in (self.accuracy, self.type_index, self.ids))
+        if accuracy.numel() == 0:
             raise ValueError("VQAAccuracy.compute() needs at least one update")
-        accuracy, types, ids = (dim_zero_cat(s) for s in (self.accuracy, self.type_index, self.ids))
         keep = first_occurrence(ids.long())
         accuracy, types = accuracy[keep].double(), types[keep].long()
         result = {"overall": accuracy.mean()}

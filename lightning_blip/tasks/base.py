@@ -102,6 +102,11 @@ class BlipTask(L.LightningModule):
             self.skipped_samples += int(self.trainer.strategy.reduce(skipped, reduce_op="sum").item())
             self.log("data/skipped_samples", float(self.skipped_samples), batch_size=1)
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (a collective: every rank must call it)."""
+        value = torch.tensor(float(flag), device=self.device)
+        return bool(self.trainer.strategy.reduce(value, reduce_op="sum").item() > 0)
+
     def _log_evaluation_skips(self, stage: str, batch: Any) -> None:
         if isinstance(batch, dict) and "num_skipped" in batch:
             skipped = float(batch["num_skipped"])

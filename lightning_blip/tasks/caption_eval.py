@@ -11,7 +11,7 @@ from lightning_blip.metrics.caption_tokenizer import Backend
 class CaptionEval:
     """Validation/test by generation: CIDEr-D, BLEU-4 and ROUGE-L of the whole set's captions.
 
-    Mixed into a LightningModule that calls :meth:`configure_caption_metrics` in ``__init__`` and
+    Mixed into a :class:`~lightning_blip.tasks.base.BlipTask` that calls :meth:`configure_caption_metrics` in ``__init__`` and
     defines ``generate_captions(images (B, 3, H, W)) -> list[str]``. A batch that carries
     ``references`` (``B`` lists of reference captions, e.g. from
     :class:`~lightning_blip.data.caption.CaptionDataModule`) and ``index`` (``(B,)`` dataset
@@ -32,7 +32,6 @@ class CaptionEval:
                 "rouge_l": COCOROUGELScore(tokenizer=tokenizer),
             }
         )
-        self._caption_batches = 0
 
     def generate_captions(self, images: Tensor) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -41,7 +40,6 @@ class CaptionEval:
         """Caption the batch's images and add them to the metrics; None if it has no references."""
         if "references" not in batch:
             return None
-        self._caption_batches += 1
         if len(batch["references"]) == 0:  # every image of the batch was unreadable
             return []
         captions = self.generate_captions(batch["image"])
@@ -50,10 +48,12 @@ class CaptionEval:
         return captions
 
     def log_caption_metrics(self, stage: str) -> dict[str, float]:
-        """Score the epoch's captions, log ``{stage}/cider`` etc. and reset; ``{}`` if none were made."""
-        if not self._caption_batches:
+        """Score the epoch's captions, log ``{stage}/cider`` etc. and reset; ``{}`` if none were made.
+
+        Every rank scores when any rank made captions (the metrics gather across ranks: a rank
+        whose images were all unreadable takes part with nothing)."""
+        if not self.any_rank(self.caption_metrics["cider"].update_count > 0):
             return {}
-        self._caption_batches = 0
         scores = {}
         for name, metric in self.caption_metrics.items():
             value = metric.compute()

@@ -152,7 +152,7 @@ class VQAFinetune(BlipTask):
         metric.update(self.predict_answers(batch), batch["gt_answers"], types, ids=batch["index"])
 
     def _log_accuracy(self, metric: VQAAccuracy, prefix: str) -> None:
-        if metric.update_count == 0:  # nothing evaluated (e.g. an empty rank)
+        if not self.any_rank(metric.update_count > 0):  # nothing evaluated anywhere
             return
         for name, value in metric.compute().items():
             key = f"{prefix}/vqa_acc" if name == "overall" else f"{prefix}/vqa_acc_{name.replace('/', '_')}"

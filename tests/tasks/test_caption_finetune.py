@@ -158,3 +158,21 @@ def test_qformer_stage2_validates_with_caption_metrics_and_keeps_its_loss(tmp_pa
     )
     metrics = _trainer(tmp_path).validate(module, datamodule=pairs)[0]
     assert "val/loss" in metrics and "val/cider" not in metrics
+
+
+def test_a_rank_that_captioned_nothing_still_scores_when_another_did(monkeypatch):
+    """The caption metrics gather across ranks: every rank must score if any rank captioned."""
+    from types import SimpleNamespace
+
+    module = CaptionFinetune(tiny_blip())
+    others = {"updated": 1.0}
+    strategy = SimpleNamespace(reduce=lambda value, reduce_op: value + others["updated"])
+    monkeypatch.setattr(type(module), "trainer", property(lambda self: SimpleNamespace(strategy=strategy)))
+    scored = []
+    for name, metric in module.caption_metrics.items():
+        monkeypatch.setattr(metric, "compute", lambda name=name: scored.append(name) or torch.tensor(0.5))
+    monkeypatch.setattr(module, "log_dict", lambda values, **kw: None)
+    assert module.log_caption_metrics("val") == {"cider": 0.5, "bleu4": 0.5, "rouge_l": 0.5}
+    others["updated"] = 0.0
+    scored.clear()
+    assert module.log_caption_metrics("val") == {} and not scored

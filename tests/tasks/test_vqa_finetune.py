@@ -80,3 +80,24 @@ def test_predict_generates_answers_per_question_id_from_pretrained_weights(tmp_p
     answers = [a for b in batches for a in b["answer"]]
     assert ids == [1000, 1001, 1010, 1011]  # the corrupt image's questions are skipped
     assert len(answers) == 4 and all(isinstance(a, str) for a in answers)
+
+
+def test_a_rank_that_evaluated_nothing_still_computes_when_another_did(monkeypatch):
+    """The metrics' compute is a collective: skipping it on an empty rank would hang the others."""
+    from types import SimpleNamespace
+
+    module = VQAFinetune(tiny_blip(), inference="rank", k_test=3)
+    others = {"updated": 1.0}  # what the other ranks report
+    strategy = SimpleNamespace(reduce=lambda value, reduce_op: value + others["updated"])
+    monkeypatch.setattr(type(module), "trainer", property(lambda self: SimpleNamespace(strategy=strategy)))
+    computed, logged = [], []
+    monkeypatch.setattr(
+        module.val_accuracy, "compute", lambda: computed.append(1) or {"overall": torch.tensor(0.5)}
+    )
+    monkeypatch.setattr(module, "log", lambda key, value, **kw: logged.append(key))
+    module.on_validation_epoch_end()
+    assert computed and logged == ["val/vqa_acc"]
+    others["updated"] = 0.0  # nothing evaluated anywhere: no rank computes
+    computed.clear()
+    module.on_validation_epoch_end()
+    assert not computed
