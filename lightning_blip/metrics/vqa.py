@@ -204,7 +204,8 @@ class VQAAccuracy(TypedListMetric):
     """Official VQA v2 accuracy, overall and per answer type; syncs across ranks.
 
     ``update(preds, target, answer_types=None, ids=None)``: ``B`` predicted answers, ``B`` lists of
-    human answers, optional ``B`` answer types (one of ``answer_types``) and ``(B,)`` question ids
+    human answers, optional ``B`` answer types (one of ``answer_types``, or None for a question
+    without one: it counts in ``overall`` only) and ``(B,)`` question ids
     (a repeated id, e.g. distributed padding, is ignored). ``compute()`` -> ``{"overall": acc}`` plus
     one entry per answer type seen; float64 fractions in ``[0, 1]`` (the official script prints
     ``100 * acc`` rounded to 2 decimals).
@@ -237,10 +238,10 @@ class VQAAccuracy(TypedListMetric):
         else:
             if len(answer_types) != len(preds):
                 raise ValueError(f"got {len(answer_types)} answer types for {len(preds)} questions")
-            unknown = set(answer_types) - set(self.answer_types)
+            unknown = set(answer_types) - set(self.answer_types) - {None}
             if unknown:
                 raise ValueError(f"unknown answer types {sorted(unknown)}; expected {self.answer_types}")
-            types = [self.answer_types.index(t) for t in answer_types]
+            types = [-1 if t is None else self.answer_types.index(t) for t in answer_types]
         self.accuracy.append(
             torch.tensor(
                 [vqa_accuracy(p, a) for p, a in zip(preds, target)], dtype=torch.float64, device=self.device

@@ -147,8 +147,8 @@ class VQAFinetune(BlipTask):
         if batch["image"].shape[0] == 0:
             return
         types = batch.get("answer_type")
-        if types is None or not all(t in ANSWER_TYPES for t in types):
-            types = None
+        if types is not None:  # a question without a known type counts in the overall accuracy only
+            types = [t if t in ANSWER_TYPES else None for t in types]
         metric.update(self.predict_answers(batch), batch["gt_answers"], types, ids=batch["index"])
 
     def _log_accuracy(self, metric: VQAAccuracy, prefix: str) -> None:

@@ -123,3 +123,12 @@ def test_metric_without_types_or_ids():
     assert {k: v.item() for k, v in metric.compute().items()} == pytest.approx({"overall": 2 / 3})
     with pytest.raises(ValueError, match="answer type"):
         metric.update(["yes"], [ten("yes")], answer_types=["colour"])
+
+
+def test_a_question_without_a_type_counts_in_overall_only():
+    metric = VQAAccuracy()
+    metric.update(
+        ["yes", "2", "red"], [ten("yes"), ten("3"), ten("red")], answer_types=["yes/no", None, "other"]
+    )
+    result = {k: v.item() for k, v in metric.compute().items()}
+    assert result == pytest.approx({"overall": 2 / 3, "yes/no": 1.0, "other": 1.0})

@@ -101,3 +101,16 @@ def test_a_rank_that_evaluated_nothing_still_computes_when_another_did(monkeypat
     computed.clear()
     module.on_validation_epoch_end()
     assert not computed
+
+
+def test_a_question_without_a_known_type_keeps_its_batchmates_types(monkeypatch):
+    module = VQAFinetune(tiny_blip(), inference="rank", k_test=3)
+    monkeypatch.setattr(module, "predict_answers", lambda batch: ["yes", "2"])
+    batch = {
+        "image": torch.zeros(2, 3, 32, 32),
+        "gt_answers": [["yes"] * 10, ["2"] * 10],
+        "answer_type": ["yes/no", None],
+        "index": torch.tensor([0, 1]),
+    }
+    module._evaluate(batch, module.val_accuracy)
+    assert set(module.val_accuracy.compute()) == {"overall", "yes/no"}
