@@ -10,7 +10,7 @@ import codecs
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,3 +141,18 @@ def load_annotations(
 def expand_captions(records: Sequence[ImageTextRecord]) -> list[tuple[int, int]]:
     """One ``(record index, caption index)`` pair per caption: each caption is its own training pair."""
     return [(r, c) for r, record in enumerate(records) for c in range(len(record.captions))]
+
+
+def group_by_image(records: Sequence[ImageTextRecord]) -> list[ImageTextRecord]:
+    """One record per image path, with the captions of every record of that image (first seen order).
+
+    Evaluation scores one generated caption per image against all its references, whether the file
+    holds one record per image (BLIP's val/test files) or one per caption (its train file's layout).
+    """
+    grouped: dict[str, ImageTextRecord] = {}
+    for record in records:
+        first = grouped.get(record.image)
+        grouped[record.image] = (
+            record if first is None else replace(first, captions=first.captions + record.captions)
+        )
+    return list(grouped.values())

@@ -17,17 +17,18 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lightning_blip.data.annotations import ImageTextRecord
+from lightning_blip.data.annotations import ImageTextRecord, group_by_image
 from lightning_blip.data.datamodule import ImageTextDataModule
 from lightning_blip.data.dataset import SkippingImageDataset
 from lightning_blip.data.transforms import eval_transform
 
 
 class CaptionEvalDataset(SkippingImageDataset):
-    """One item per image (annotation record) with its reference captions.
+    """One item per image with its reference captions.
 
     Args:
-        records: one record per image, captions as a list (a single string is one reference).
+        records: annotation records; records of the same image are merged (their captions are all
+            that image's references), so one record per caption works as well as one per image.
         image_root: folder the records' image paths are relative to.
         transform: PIL image -> ``(3, H, W)`` tensor.
 
@@ -42,7 +43,7 @@ class CaptionEvalDataset(SkippingImageDataset):
         transform: Callable[[Image.Image], torch.Tensor],
     ) -> None:
         super().__init__(image_root, transform, substitute_corrupt=False)
-        self.records = list(records)
+        self.records = group_by_image(records)
 
     def __len__(self) -> int:
         return len(self.records)

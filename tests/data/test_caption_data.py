@@ -9,6 +9,7 @@ import torch
 from fake_data import write_fake_caption_eval, write_fake_dataset
 
 from lightning_blip.data import CaptionDataModule, CaptionEvalDataset
+from lightning_blip.data.annotations import ImageTextRecord
 from lightning_blip.data.caption import collate_caption_eval
 
 
@@ -62,3 +63,17 @@ def test_predict_reads_the_test_split_and_a_fully_skipped_batch_is_empty(tmp_pat
     assert batch["image"].shape == (2, 3, 32, 32) and batch["num_skipped"] == 1
     empty = collate_caption_eval([None, None])
     assert empty["image"].shape == (0, 3, 0, 0) and empty["references"] == [] and empty["num_skipped"] == 2
+
+
+def test_evaluation_merges_the_records_of_one_image(tmp_path):
+    """A val file with one record per caption (the train file's layout) is still one item per image."""
+    train = write_fake_dataset(tmp_path / "images", num_images=3)
+    records = json.loads(train.read_text())
+    records.append({**records[0], "caption": "another caption of image 0"})
+    dataset = CaptionEvalDataset(
+        [ImageTextRecord(r["image"], (r["caption"],), str(r.get("image_id", r["image"]))) for r in records],
+        train.parent,
+        lambda image: torch.zeros(3, 8, 8),
+    )
+    assert len(dataset) == 3
+    assert dataset[0]["references"] == [records[0]["caption"], "another caption of image 0"]
