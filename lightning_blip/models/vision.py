@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
-from timm.layers import resample_abs_pos_embed
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lightning_blip.models.checkpoint_io import load_state_dict_file
+
+
+def resize_position_embeddings(pos_embed: Tensor, grid: Sequence[int], num_prefix_tokens: int = 1) -> Tensor:
+    """ViT position embeddings ``(1, P + N, D)`` for another patch grid, as BLIP's ``interpolate_pos_embed``.
+
+    The ``P`` prefix rows ([CLS]) stay; the square grid of the ``N`` patch rows is resized bicubically
+    (``align_corners=False``, no antialiasing: timm's ``resample_abs_pos_embed`` antialiases by
+    default, which changes even an upsampling by up to 8% of the values).
+    """
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} position embeddings do not form a square grid")
+    patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=tuple(grid), mode="bicubic", align_corners=False)
+    patches = patches.to(pos_embed.dtype).permute(0, 2, 3, 1).flatten(1, 2)
+    return torch.cat([prefix, patches], dim=1)
 
 
 @dataclass
@@ -79,9 +98,8 @@ class VisionEncoder(nn.Module):
         state = {k.removeprefix("vit."): v for k, v in state.items()}
         own = self.vit.state_dict()
         if "pos_embed" in state and state["pos_embed"].shape != own["pos_embed"].shape:
-            grid = self.vit.patch_embed.grid_size
-            state["pos_embed"] = resample_abs_pos_embed(
-                state["pos_embed"], list(grid), num_prefix_tokens=self.vit.num_prefix_tokens
+            state["pos_embed"] = resize_position_embeddings(
+                state["pos_embed"], self.vit.patch_embed.grid_size, self.vit.num_prefix_tokens
             )
         for drop in [k for k in state if k.startswith(("head.", "fc_norm."))]:
             state.pop(drop)

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
+
+from lightning_blip.models.vision import resize_position_embeddings
 
 Rule = tuple[str, str]
 """``(regex over a whole source key, replacement with \\1-style groups)``: the target key of ours."""
@@ -144,6 +145,4 @@ def _resample_pos_embed(model: nn.Module, target: str, value: Tensor, shape: tor
     vit = model.get_submodule(target.rsplit(".", 1)[0])
     if value.shape[-1] != shape[-1] or not hasattr(vit, "patch_embed"):
         return value
-    return resample_abs_pos_embed(
-        value, list(vit.patch_embed.grid_size), num_prefix_tokens=vit.num_prefix_tokens
-    )
+    return resize_position_embeddings(value, vit.patch_embed.grid_size, vit.num_prefix_tokens)

@@ -24,6 +24,10 @@ def test_position_embeddings_are_interpolated_when_the_size_differs(tmp_path):
     big = VisionEncoder(tiny_vision(image_size=64, weights=str(tmp_path / "vit.safetensors")))
     assert big.vit.pos_embed.shape == (1, 1 + 64, 48)
     torch.testing.assert_close(big.vit.pos_embed[:, 0], small.vit.pos_embed[:, 0])  # [CLS] kept
+    # BLIP's interpolate_pos_embed: bicubic, align_corners=False, no antialiasing (timm's default has it)
+    grid = small.vit.pos_embed[:, 1:].detach().reshape(1, 4, 4, 48).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(big.vit.pos_embed[:, 1:].detach(), grid.permute(0, 2, 3, 1).reshape(1, 64, 48))
     torch.testing.assert_close(big.vit.blocks[0].attn.qkv.weight, small.vit.blocks[0].attn.qkv.weight)
     assert big(torch.randn(1, 3, 64, 64)).shape == (1, 65, 48)
 

@@ -16,7 +16,6 @@ import torch
 from conftest import text_batch, tiny_blip, tiny_text, tiny_vision
 from test_blip_transformers_parity import assert_same_lm_logits, hf_config, images, randomise, until_sep
 from test_blip_vqa_transformers import hf_vqa_config, our_vqa, questions
-from timm.layers import resample_abs_pos_embed
 
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.blip_vqa import BlipVQA, QuestionStates
@@ -187,7 +186,11 @@ def test_position_embeddings_resampled_to_a_larger_image():
     ours = BlipModel(BlipConfig(vision=tiny_vision(image_size=48), text=tiny_text(), embed_dim=32))
     report = load_salesforce_blip(ours, state)
     assert report.missing == [] and report.unexpected == []
-    expected = resample_abs_pos_embed(state["visual_encoder.pos_embed"], [6, 6], num_prefix_tokens=1)
+    # salesforce/BLIP's interpolate_pos_embed, written out: bicubic, align_corners=False, no antialiasing
+    source = state["visual_encoder.pos_embed"]
+    grid = source[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False)
+    expected = torch.cat([source[:, :1], grid.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
     torch.testing.assert_close(ours.visual_encoder.vit.pos_embed.detach(), expected)
 
 
