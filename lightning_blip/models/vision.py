@@ -39,7 +39,8 @@ class VisionConfig:
 
     Attributes:
         model_name: timm model name, e.g. ``vit_base_patch16_224``, ``vit_large_patch16_224``,
-            ``eva_giant_patch14_224`` (EVA-CLIP ViT-g/14) or ``vit_large_patch14_clip_224``.
+            ``eva_giant_patch14_224`` (EVA-CLIP ViT-g/14) or ``vit_large_patch14_clip_quickgelu_224`` (OpenAI
+            CLIP ViT-L/14, QuickGELU as LAVIS; timm's ``vit_large_patch14_clip_224`` has GELU).
         image_size: input resolution; position embeddings are interpolated to it.
         drop_path: stochastic depth rate.
         grad_checkpointing_layers: recompute the last k blocks in backward (0 = off).

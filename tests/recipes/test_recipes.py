@@ -96,6 +96,24 @@ def test_recipes_are_found():
     assert expected <= {r.name for r in RECIPES}
 
 
+def test_recipe_vision_models_exist_and_openai_clip_has_quickgelu():
+    """The runs above swap in a tiny ViT: check the recipes' own timm names here (built on "meta")."""
+    import timm
+    import torch
+    import yaml
+
+    names = {}
+    for recipe in RECIPES:
+        config = yaml.safe_load(recipe.read_text()).get("model", {}).get("init_args", {}).get("config")
+        vision = (config or {}).get("vision") or {}
+        if isinstance(vision, dict) and "model_name" in vision:
+            names[recipe.name] = vision["model_name"]
+    assert names and all(timm.is_model(name) for name in names.values()), names
+    with torch.device("meta"):
+        clip = timm.create_model(names["blip2_stage1_vitl.yaml"])
+    assert type(clip.blocks[0].mlp.act).__name__ == "QuickGELU"  # OpenAI CLIP ViT-L/14, as LAVIS
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_runs_one_step(recipe: Path, tmp_path: Path, tiny_llms: dict[str, Path]):
     args = [
