@@ -14,7 +14,7 @@ from lightning_blip.metrics.caption_tokenizer import Backend
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.tokenizer import build_tokenizer
 from lightning_blip.tasks.base import BlipTask, default_optimizer
-from lightning_blip.tasks.caption_eval import CaptionEval
+from lightning_blip.tasks.caption_eval import CaptionEval, generation_options
 
 BLIP_CAPTION_GENERATION = {"num_beams": 3, "max_length": 20, "min_length": 5}
 """salesforce/BLIP ``configs/caption_coco.yaml``: beam search, lengths counting [DEC] and the prompt."""
@@ -69,7 +69,12 @@ class CaptionFinetune(CaptionEval, BlipTask):
         self.prompt, self.max_length, self.label_smoothing = prompt, max_length, label_smoothing
         # BLIP: len(tokenizer(prompt).input_ids) - 1, i.e. [DEC] and the prompt's words
         self.prompt_length = len(self.tokenizer(prompt).input_ids) - 1
-        self.generate_kwargs = {**BLIP_CAPTION_GENERATION, **(generate_kwargs or {})}
+        self.generate_kwargs = generation_options(
+            generate_kwargs,
+            BlipModel.generate,
+            ("pixel_values", "tokenizer", "prompt"),
+            BLIP_CAPTION_GENERATION,
+        )
         self.configure_caption_metrics(metric_tokenizer)
 
     def trainable_module(self) -> nn.Module:

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 from torch import Tensor, nn
 
 from lightning_blip.metrics import CIDErScore, COCOBLEUScore, COCOROUGELScore
 from lightning_blip.metrics.caption_tokenizer import Backend
+
+
+def generation_options(
+    options: dict[str, Any] | None,
+    generate: Callable,
+    passed: tuple[str, ...] = (),
+    defaults: dict | None = None,
+) -> dict[str, Any]:
+    """``defaults`` updated with ``options`` for ``generate``, checked now: a misspelled key fails when
+    the module is built, naming it, not when the first validation or predict batch generates.
+    ``passed``: the arguments the task passes itself (not options)."""
+    parameters = inspect.signature(generate).parameters
+    allowed = [name for name in parameters if name not in ("self", *passed)]
+    unknown = sorted(set(options or {}) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"generate_kwargs: unknown option(s) {unknown}; {generate.__qualname__} takes {allowed}"
+        )
+    return {**(defaults or {}), **(options or {})}
 
 
 class CaptionEval:

@@ -11,7 +11,7 @@ from lightning_blip.losses.gather import all_reduce_sum
 from lightning_blip.metrics.caption_tokenizer import Backend
 from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
 from lightning_blip.tasks.base import BlipTask, default_optimizer
-from lightning_blip.tasks.caption_eval import CaptionEval
+from lightning_blip.tasks.caption_eval import CaptionEval, generation_options
 
 MODEL = "model."
 
@@ -52,7 +52,9 @@ class QFormerStage2(CaptionEval, BlipTask):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.hparams["config"] = asdict(config)  # plain dicts: checkpoints load with weights_only
         self.model = Blip2ForGeneration(config)
-        self.generate_kwargs = generate_kwargs or {}
+        self.generate_kwargs = generation_options(
+            generate_kwargs, Blip2ForGeneration.generate, ("pixel_values",)
+        )
         self.configure_caption_metrics(metric_tokenizer)
 
     def configure_model(self) -> None:

@@ -176,3 +176,9 @@ def test_a_rank_that_captioned_nothing_still_scores_when_another_did(monkeypatch
     others["updated"] = 0.0
     scored.clear()
     assert module.log_caption_metrics("val") == {} and not scored
+
+
+def test_a_misspelled_generation_option_fails_when_the_module_is_built():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['num_beam'\]; BlipModel.generate takes"):
+        CaptionFinetune(tiny_blip(), generate_kwargs={"num_beam": 3})
+    assert CaptionFinetune(tiny_blip(), generate_kwargs={"num_beams": 2}).generate_kwargs["num_beams"] == 2

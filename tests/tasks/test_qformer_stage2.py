@@ -136,3 +136,8 @@ def test_fsdp2_with_the_llm_sharded_matches_ddp_and_its_checkpoint_consolidates(
         own = model.state_dict()
         for key, value in reference.items():
             torch.testing.assert_close(own[key.removeprefix("model.")], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_a_misspelled_generation_option_fails_when_the_module_is_built(opt_dir):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['max_new_token'\]"):
+        QFormerStage2(_config(opt_dir), generate_kwargs={"max_new_token": 8})
