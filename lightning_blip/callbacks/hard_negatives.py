@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from lightning_blip.callbacks.settings import warn_replaced_settings
 from lightning_blip.losses.itm import NegativeSampler
 
 
@@ -38,5 +39,6 @@ class HardNegativeMining(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # update in place: the module already holds this sampler (setup runs before restoring)
         restored = NegativeSampler(**state_dict)
+        warn_replaced_settings(type(self).__name__, asdict(self.sampler), asdict(restored))
         for name, value in asdict(restored).items():
             setattr(self.sampler, name, value)

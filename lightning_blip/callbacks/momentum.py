@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from lightning_blip.callbacks.settings import warn_replaced_settings
+
 
 class MomentumEncoder(Callback):
     """Update the momentum copies ``p_m = m * p_m + (1 - m) * p`` after every optimiser step.
@@ -36,4 +38,5 @@ class MomentumEncoder(Callback):
         return {"momentum": self.momentum}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        warn_replaced_settings(type(self).__name__, {"momentum": self.momentum}, state_dict)
         self.momentum = state_dict["momentum"]

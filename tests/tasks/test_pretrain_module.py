@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import lightning as L
@@ -73,11 +74,14 @@ def test_ema_is_applied_to_momentum_weights_during_training(tmp_path):
         torch.testing.assert_close(p_m, 0.5 * before[name] + 0.5 * online[name])
 
 
-def test_callback_state_round_trips():
+def test_callback_state_round_trips_and_a_replaced_setting_is_named():
     cb = HardNegativeMining("hardest", "global", 0.0)
     other = HardNegativeMining()
     sampler = other.sampler
-    other.load_state_dict(cb.state_dict())
+    with pytest.warns(
+        UserWarning, match=r"HardNegativeMining: resuming keeps .*strategy='hardest' \(configured 'sample'\)"
+    ):
+        other.load_state_dict(cb.state_dict())
     assert other.sampler is sampler and (sampler.strategy, sampler.pool, sampler.epsilon) == (
         "hardest",
         "global",
@@ -85,8 +89,13 @@ def test_callback_state_round_trips():
     )
     m = MomentumEncoder(0.99)
     m2 = MomentumEncoder()
-    m2.load_state_dict(m.state_dict())
+    with pytest.warns(UserWarning, match=r"momentum=0.99 \(configured 0.995\)"):
+        m2.load_state_dict(m.state_dict())
     assert m2.momentum == 0.99
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same settings: nothing to say
+        MomentumEncoder(0.99).load_state_dict(m.state_dict())
+        HardNegativeMining("hardest", "global", 0.0).load_state_dict(cb.state_dict())
     with pytest.raises(ValueError):
         MomentumEncoder(1.5)
 
