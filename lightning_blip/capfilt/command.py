@@ -8,6 +8,7 @@ after a crash: finished shards are skipped and the result equals an uninterrupte
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -77,6 +78,10 @@ def capfilt(
         seed: sampling seed.
         trainer: ``lightning.Trainer`` arguments (accelerator, devices, strategy, precision, ...).
     """
+    trainer_args = dict(trainer or {})
+    unknown = sorted(set(trainer_args) - set(inspect.signature(L.Trainer.__init__).parameters) - {"self"})
+    if unknown:  # before the models load: a misspelled key fails at once
+        raise ValueError(f"trainer: unknown lightning.Trainer argument(s) {unknown}")
     out = Path(output_dir)
     settings = {
         "captioner": captioner,
@@ -100,7 +105,6 @@ def capfilt(
         filtering,
         seed,
     )
-    trainer_args = dict(trainer or {})
     callbacks = [CapFiltWriter(out, plan)]
     if trainer_args.pop("enable_progress_bar", True):
         callbacks.append(ImagesPerSecondBar())

@@ -16,6 +16,7 @@ from capfilt_data import recipe_args, save_tiny_blip, write_inputs
 from lightning_blip.capfilt.command import check_settings, main
 from lightning_blip.capfilt.plan import Source, input_files
 from lightning_blip.data.annotations import load_annotations
+from lightning_blip.models.blip import BlipModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,6 +129,12 @@ def test_the_progress_bar_shows_images_per_second(setup: dict, tmp_path: Path, c
 def test_a_restart_with_other_settings_is_refused(setup: dict):
     with pytest.raises(ValueError, match="seed"):
         main([*setup["args"], "--seed=1"])
+
+
+def test_a_misspelled_trainer_argument_fails_before_the_models_load(setup: dict, monkeypatch):
+    monkeypatch.setattr(BlipModel, "from_pretrained", lambda *a, **k: pytest.fail("models loaded"))
+    with pytest.raises(ValueError, match=r"unknown lightning.Trainer argument\(s\) \['precison'\]"):
+        main([*setup["args"], "--trainer.precison=16-mixed"])
 
 
 def test_a_restart_after_the_inputs_changed_is_refused(tmp_path: Path):
