@@ -463,22 +463,17 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
         """Greedy or beam search with an OPT LLM runs our decoding loop (:class:`OPTDecoding`), with
         the same result as the LLM's ``generate``, unless an option or the LLM's generation config
         asks for something that loop does not do (sampling, penalties, constraints)."""
+        if do_sample or repetition_penalty != 1.0 or num_return_sequences > num_beams or self.llm.training:
+            return False  # (training mode: our loop has no dropout)
         defaults = vars(_default_generation_config())
-        own_settings = {
+        own_settings = [
             key
             for key, value in vars(self.llm.generation_config).items()
             if key not in _NEUTRAL_GENERATION_SETTINGS
             and not key.startswith("_")
             and defaults.get(key) != value
-        }
-        return (
-            runs_opt(self.llm)
-            and not self.llm.training  # our loop has no dropout
-            and not do_sample
-            and repetition_penalty == 1.0
-            and num_return_sequences <= num_beams
-            and not own_settings
-        )
+        ]
+        return not own_settings and runs_opt(self.llm)
 
     def generation_inputs(
         self, pixel_values: Tensor, prompt: str | list[str] | None = None

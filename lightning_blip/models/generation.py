@@ -312,10 +312,13 @@ class _TokenSearch(_Search):
         super().__init__(batch_size, eos)
         self.do_sample, self.top_p, self.top_k = do_sample, top_p, top_k
         self.temperature, self.generator = temperature, generator
+        self._eos_tensor: Tensor | None = None
 
     def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         tokens = self._sample(scores) if self.do_sample else top_per_row(scores, 1)[1][:, 0]
-        ended = torch.isin(tokens, torch.tensor(self.eos, device=tokens.device))
+        if self._eos_tensor is None:  # built once, on the device of the scores
+            self._eos_tensor = torch.tensor(self.eos, device=tokens.device)
+        ended = torch.isin(tokens, self._eos_tensor)
         if not ended.any():
             return None, tokens, images
         for row in ended.nonzero().squeeze(1).tolist():

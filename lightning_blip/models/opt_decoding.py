@@ -1,4 +1,4 @@
-"""Decoding with a transformers ``OPTForCausalLM`` on our own KV cache, through its own modules.
+"""Decoding with a transformers ``OPTForCausalLM`` on our own KV cache, with its own parameters.
 
 transformers' ``generate`` spends most of a small model's decoding step outside the arithmetic
 (mask building, cache objects, logits processors, output classes). :class:`OPTDecoding` runs the
@@ -109,15 +109,14 @@ class OPTDecoding:
         self.project_in, self.project_out = _linear_of(decoder.project_in), _linear_of(decoder.project_out)
         self.final_norm, self.lm_head = _norm_of(decoder.final_layer_norm), _linear_of(llm.lm_head)
         self.layers = [_layer_of(layer) for layer in decoder.layers]
-        offset = decoder.embed_positions.offset
         G, S = attention_mask.shape
         self.prefix, self.length = inputs_embeds, S  # positions filled in the cache
         prefix_mask = attention_mask.bool()
         self.padded = not bool(prefix_mask.all())  # else no mask: causal, then every key
         self.mask = torch.cat([prefix_mask, prefix_mask.new_ones(G, max_new_tokens)], dim=1)
         # the position-embedding row of each row's next token: its real tokens so far + OPT's offset
-        self.offset = offset
-        self.positions = prefix_mask.sum(1, keepdim=True) + offset
+        self.offset = decoder.embed_positions.offset
+        self.positions = prefix_mask.sum(1, keepdim=True) + self.offset
         # every layer's keys and values, (layers, 2, R, H, S + max_new_tokens, D / H): one index per beam step
         self.cache: Tensor | None = None
 
