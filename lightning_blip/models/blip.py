@@ -190,11 +190,11 @@ class BlipModel(RetrievalMixin, FromPretrainedMixin, nn.Module):
         return self._grounded(input_ids, attention_mask, cfg.bos_token_id, "decoder", image_embeds, image_kv)
 
     def decode_step(
-        self, input_ids: Tensor, attention_mask: Tensor, cache: list[LayerCache]
+        self, input_ids: Tensor, attention_mask: Tensor | None, cache: list[LayerCache]
     ) -> tuple[Tensor, list[LayerCache]]:
         """One cached decoding step: new ids ``(B, T)`` -> next-token logits ``(B, V)`` and the cache.
 
-        ``attention_mask`` ``(B, S)`` covers the cached and the new tokens.
+        ``attention_mask`` ``(B, S)`` covers the cached and the new tokens (None: no padding).
         """
         out = self.text(input_ids, attention_mask, mode="decoder", cache=cache, use_cache=True)
         return self.lm_head(out.last_hidden_state[:, -1]), out.cache

@@ -191,11 +191,11 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
         return [LayerCache(None, kv, question.mask) for kv in self.question_kv(question)]
 
     def decode_step(
-        self, input_ids: Tensor, attention_mask: Tensor, cache: list[LayerCache]
+        self, input_ids: Tensor, attention_mask: Tensor | None, cache: list[LayerCache]
     ) -> tuple[Tensor, list[LayerCache]]:
         """One cached step: new ids ``(B, T)`` -> next-token logits ``(B, V)`` and the cache.
 
-        ``attention_mask`` ``(B, S)`` covers the cached and the new tokens.
+        ``attention_mask`` ``(B, S)`` covers the cached and the new tokens (None: no padding).
         """
         out = self.answer_decoder(input_ids, attention_mask, "decoder", cache=cache, use_cache=True)
         return self.answer_head(out.last_hidden_state[:, -1]), out.cache

@@ -149,16 +149,19 @@ def _decode(
 ) -> tuple[Tensor, Tensor]:
     """The decoding loop: ``decoder`` gives logits, ``search`` picks the rows and tokens that go on.
 
+    ``decoder.step`` returns a new logits tensor on each call, which the loop may overwrite.
     Returns the sequences still running when it stops (at ``max_length``) and their images.
     """
     images = torch.arange(ids.shape[0], device=ids.device)  # the image of each group of rows
     while ids.shape[1] < max_length and ids.shape[0] > 0:
-        logits = decoder.step(ids)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 or fp64
-        scores = logits.log_softmax(dim=-1) if log_probs else logits
+        scores = decoder.step(ids)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # fp32 or fp64
+        if log_probs:  # in place: a (rows, vocabulary) array fewer to allocate and read each step
+            torch.log_softmax(scores, dim=-1, out=scores)
         scores = _process(scores, ids, repetition_penalty, min_length, search.eos)
         rows, tokens, images = search.step(scores, ids, images)
         ids = torch.cat([ids if rows is None else ids[rows], tokens[:, None]], dim=1)
+        del scores  # freed before the next step's: one such array at a time stays in the CPU's cache
         if rows is not None:
             decoder.keep(rows, images)
     return ids, images
@@ -210,13 +213,12 @@ class _Decoder:
 
     def step(self, ids: Tensor) -> Tensor:
         """Running sequences ``(R, T)`` -> next-token logits ``(R, V)``."""
-        mask = torch.ones_like(ids)
         if not self.use_cache:
             embeds = self.memory.repeat_interleave(ids.shape[0] // self.memory.shape[0], dim=0)
-            hidden = self.model.decoder_states(ids, mask, image_embeds=embeds)
+            hidden = self.model.decoder_states(ids, torch.ones_like(ids), image_embeds=embeds)
             return self.model.lm_head(hidden[:, -1])
         new_ids = ids[:, -1:] if self.started else ids  # the whole prompt first
-        logits, self.cache = self.model.decode_step(new_ids, mask, self.cache)
+        logits, self.cache = self.model.decode_step(new_ids, None, self.cache)  # no padding
         self.started = True
         return logits
 
@@ -278,6 +280,13 @@ class _Search:
     def __init__(self, batch_size: int, eos: list[int]) -> None:
         self.eos = eos  # the stop ids
         self.finished: list[Tensor | None] = [None] * batch_size
+        self._eos_tensor: Tensor | None = None
+
+    def is_stop(self, tokens: Tensor) -> Tensor:
+        """Which of ``tokens`` are stop ids (a boolean tensor of the same shape)."""
+        if self._eos_tensor is None:  # built once, on the device of the tokens
+            self._eos_tensor = torch.tensor(self.eos, device=tokens.device)
+        return torch.isin(tokens, self._eos_tensor)
 
     def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         """Processed scores ``(R, V)`` of sequences ``ids`` ``(R, T)`` -> the rows that continue
@@ -312,13 +321,10 @@ class _TokenSearch(_Search):
         super().__init__(batch_size, eos)
         self.do_sample, self.top_p, self.top_k = do_sample, top_p, top_k
         self.temperature, self.generator = temperature, generator
-        self._eos_tensor: Tensor | None = None
 
     def step(self, scores: Tensor, ids: Tensor, images: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         tokens = self._sample(scores) if self.do_sample else top_per_row(scores, 1)[1][:, 0]
-        if self._eos_tensor is None:  # built once, on the device of the scores
-            self._eos_tensor = torch.tensor(self.eos, device=tokens.device)
-        ended = torch.isin(tokens, self._eos_tensor)
+        ended = self.is_stop(tokens)
         if not ended.any():
             return None, tokens, images
         for row in ended.nonzero().squeeze(1).tolist():
@@ -397,8 +403,15 @@ class _BeamSearch(_Search):
         if self.beam_scores is not None:
             row_scores = row_scores + self.beam_scores[:, None]
         top_scores, top = row_scores.view(G, k * n).topk(min(C, k * n), dim=1)
-        parents = (top // n + torch.arange(G, device=top.device)[:, None] * k).tolist()
-        tokens, top_scores = row_tokens.view(G, k * n).gather(1, top).tolist(), top_scores.tolist()
+        parents = top // n + torch.arange(G, device=top.device)[:, None] * k  # (G, C) rows
+        tokens = row_tokens.view(G, k * n).gather(1, top)
+        K = self.num_beams
+        usual = top.shape[1] >= K and not self.may_stop(images, ids.shape[1] + 1)
+        if usual and not self.is_stop(tokens[:, :K]).any():
+            # no image can finish and none has a stop id among its best K: they are its running beams
+            self.beam_scores = top_scores[:, :K].flatten()
+            return parents[:, :K].flatten(), tokens[:, :K].flatten(), images
+        parents, tokens, top_scores = parents.tolist(), tokens.tolist(), top_scores.tolist()
         rows, next_tokens, next_scores, kept = [], [], [], []
         for g, image in enumerate(images.tolist()):
             running = self._continue(image, ids, list(zip(parents[g], tokens[g], top_scores[g])))
@@ -417,6 +430,11 @@ class _BeamSearch(_Search):
             torch.tensor(next_tokens, dtype=torch.long, device=device),
             images[torch.tensor(kept, dtype=torch.long, device=device)],
         )
+
+    def may_stop(self, images: Tensor, length: int) -> bool:
+        """Whether one of ``images`` could be done after a step to ``length`` tokens without a stop id
+        among its best ``num_beams`` candidates: it holds ``num_beams`` hypotheses already."""
+        return any(len(self.hypotheses[image].items) >= self.num_beams for image in images.tolist())
 
     def _continue(
         self, image: int, ids: Tensor, candidates: list[tuple[int, int, float]]
@@ -470,6 +488,12 @@ class _LLMBeamSearch(_BeamSearch):
         self.length_penalty, self.num_return_sequences = length_penalty, num_return_sequences
         self.prompt_length, self.max_length = prompt_length, max_length
         self.best: list[list[tuple[float, Tensor]]] = [[] for _ in range(batch_size)]  # best first
+
+    def may_stop(self, images: Tensor, length: int) -> bool:
+        """At ``max_length`` every image stops; before it, one holding ``num_beams`` hypotheses may."""
+        return length >= self.max_length or any(
+            len(self.best[image]) >= self.num_beams for image in images.tolist()
+        )
 
     def _continue(
         self, image: int, ids: Tensor, candidates: list[tuple[int, int, float]]

@@ -189,7 +189,7 @@ class MEDTextModel(nn.Module):
     def forward(
         self,
         input_ids: Tensor,
-        attention_mask: Tensor,
+        attention_mask: Tensor | None,
         mode: Mode = "text",
         image_embeds: Tensor | None = None,
         image_kv: list[KeyValue] | None = None,
@@ -202,7 +202,8 @@ class MEDTextModel(nn.Module):
 
         Args:
             input_ids: ``(B, L)`` token ids (new tokens only when ``cache`` is given).
-            attention_mask: ``(B, S)`` 1 = token, 0 = padding, over cached + new tokens.
+            attention_mask: ``(B, S)`` 1 = token, 0 = padding, over cached + new tokens; None: no
+                padding (a decoding step then attends without a mask, the cheaper form).
             mode: ``"text"``, ``"multimodal"`` or ``"decoder"``.
             image_embeds: ``(B, N, encoder_width)`` image tokens (modes 2 and 3), or
             image_kv: their precomputed per-layer keys/values from :meth:`image_kv`.
@@ -226,8 +227,13 @@ class MEDTextModel(nn.Module):
         past = 0 if cache is None or cache[0].self_kv is None else cache[0].self_kv[0].shape[2]
         x = self.embeddings(input_ids, position_offset=past)
         decoder = mode == "decoder"
-        if decoder:
-            mask = causal_padding_mask(attention_mask, input_ids.shape[1])
+        B, L = input_ids.shape
+        if attention_mask is None and decoder and L > 1:
+            attention_mask = input_ids.new_ones(B, past + L)  # for the causal mask
+        if attention_mask is None:
+            mask = None
+        elif decoder:
+            mask = causal_padding_mask(attention_mask, L)
         else:
             mask = padding_mask(attention_mask)
         cross_mask = padding_mask(image_mask) if image_mask is not None and mode != "text" else None

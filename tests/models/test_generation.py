@@ -3,6 +3,7 @@ batched = one by one, min length, repetition penalty, reproducible nucleus sampl
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -185,16 +186,20 @@ def test_greedy_and_nucleus_of_one_token_equal_a_naive_greedy_reference():
         assert _rows(greedy) == _rows(nucleus) == expected
 
 
+def _beam_step(search: _BeamSearch, rows_scores: dict, ids: list, images: torch.Tensor):
+    """One search step on hand-made log-probabilities {row: {token: value}} (others -20), vocabulary 12."""
+    scores = torch.full((len(ids), 12), -20.0)
+    for row, values in rows_scores.items():
+        for token, value in values.items():
+            scores[row, token] = value
+    return search.step(scores, torch.tensor(ids), images)
+
+
 def test_only_sep_among_the_best_num_beams_finishes_a_hypothesis():
     """Hand-made log-probabilities through three steps of one image with 2 beams (2K = 4 candidates)."""
     search = _BeamSearch(batch_size=1, eos=[SEP], num_beams=2, length_penalty=1.0)
 
-    def step(rows_scores: dict, ids: list, images: torch.Tensor):
-        scores = torch.full((len(ids), 12), -20.0)
-        for row, values in rows_scores.items():
-            for token, value in values.items():
-                scores[row, token] = value
-        return search.step(scores, torch.tensor(ids), images)
+    step = functools.partial(_beam_step, search)
 
     # [SEP] ranks 3rd: not a hypothesis; the two best words continue
     rows, tokens, images = step({0: {5: -0.1, 6: -0.2, SEP: -0.3, 7: -0.4}}, [[BOS, 4]], torch.tensor([0]))
@@ -213,6 +218,28 @@ def test_only_sep_among_the_best_num_beams_finishes_a_hypothesis():
     assert [item[0] for item in search.hypotheses[0].items] == pytest.approx([-0.25 / 3, -0.7 / 4])
     assert images.tolist() == [] and rows.tolist() == []
     assert search.hypotheses[0].best(SEP).tolist() == [BOS, 4, 6, SEP]
+
+
+def test_an_image_with_its_hypotheses_is_done_in_a_step_without_sep():
+    """Once an image holds num_beams hypotheses, a step whose best candidates are all words still ends
+    it when none of them can beat the worst hypothesis (the check the step's fast path must keep)."""
+    search = _BeamSearch(batch_size=1, eos=[SEP], num_beams=2, length_penalty=1.0)
+
+    step = functools.partial(_beam_step, search)
+
+    # [SEP] first: hypothesis [DEC] 4 scored -0.1 / 2; words 5 and 6 continue
+    rows, tokens, images = step({0: {SEP: -0.1, 5: -0.2, 6: -0.3}}, [[BOS, 4]], torch.tensor([0]))
+    assert tokens.tolist() == [5, 6]
+    # totals: 7 after beam 0 -0.25, [SEP] after beam 0 -0.3 (rank 1: a hypothesis, -0.1), 7 after
+    # beam 1 -0.35; the best running (-0.25 / 3) beats the worst hypothesis (-0.1): not done
+    beams = [[BOS, 4, 5], [BOS, 4, 6]]
+    rows, tokens, images = step({0: {7: -0.05, SEP: -0.1}, 1: {7: -0.05}}, beams, images)
+    assert len(search.hypotheses[0].items) == 2 and images.tolist() == [0] and tokens.tolist() == [7, 7]
+    # no [SEP] among the best: the best running (-0.75 / 4) cannot beat -0.1 any more: done
+    beams = [[BOS, 4, 5, 7], [BOS, 4, 6, 7]]
+    rows, tokens, images = step({0: {8: -0.5}, 1: {8: -0.6}}, beams, images)
+    assert images.tolist() == [] and rows.tolist() == []
+    assert search.hypotheses[0].best(SEP).tolist() == [BOS, 4, SEP]
 
 
 @pytest.mark.parametrize("length_penalty", [1.0, 0.0])

@@ -93,6 +93,28 @@ def test_cached_decoding_equals_full_pass():
     assert out.cache[0].image_kv[0] is cache[0].image_kv[0]
 
 
+def test_no_mask_equals_an_all_ones_mask():
+    """attention_mask=None (no padding) gives the all-ones mask's states in every mode, cached or not."""
+    model = _model()
+    ids, ones = text_batch(batch=2, length=7)
+    ones[:] = 1
+    image = torch.randn(2, 5, 48)
+    for mode in ("text", "multimodal", "decoder"):
+        expected = model(ids, ones, mode, image_embeds=image).last_hidden_state
+        assert torch.equal(model(ids, None, mode, image_embeds=image).last_hidden_state, expected), mode
+    runs = []
+    for mask in (ones, None):  # a prompt of 3 (causal within it), then one token at a time
+        cache = [LayerCache(None, kv) for kv in model.image_kv(image)]
+        out = model(ids[:, :3], None if mask is None else mask[:, :3], "decoder", cache=cache, use_cache=True)
+        states = [out.last_hidden_state]
+        for t in range(3, 7):
+            step_mask = None if mask is None else mask[:, : t + 1]
+            out = model(ids[:, t : t + 1], step_mask, "decoder", cache=out.cache, use_cache=True)
+            states.append(out.last_hidden_state)
+        runs.append(torch.cat(states, 1))
+    assert torch.equal(runs[0], runs[1])
+
+
 def test_bf16_autocast_keeps_layernorm_in_fp32():
     model = _model()
     ids, mask = text_batch()
