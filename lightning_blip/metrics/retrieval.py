@@ -6,12 +6,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
-from lightning_blip.metrics.sync import first_occurrence
+from lightning_blip.metrics.sync import TypedListMetric, cat_state, first_occurrence
 
 Similarity = Callable[[Tensor, Tensor], Tensor]
+_MAX_FEATURE_DIMS = 3  # trailing feature dimensions RetrievalRecall keeps: (E,), (Q, E), ...
 
 
 def dot_similarity(image: Tensor, text: Tensor) -> Tensor:
@@ -103,7 +102,7 @@ def retrieval_recall(
     return out
 
 
-class RetrievalRecall(Metric):
+class RetrievalRecall(TypedListMetric):
     """:func:`retrieval_recall` over the whole set from ``(image, text)`` pair features; syncs across ranks.
 
     ``update(image, text, image_ids, index=None)`` takes rows of pairs as a caption dataset yields
@@ -113,6 +112,9 @@ class RetrievalRecall(Metric):
     (its first row's features) against every text with ``similarity`` and returns the dict of
     :func:`retrieval_recall` as float64 tensors. For ITM re-ranking, call :func:`retrieval_recall`
     with the re-ranked scores.
+
+    Features are kept in float32 and flattened, with their trailing shapes in a state of their own
+    (reduced by ``max``), so that a rank that saw no pair still syncs with the others.
     """
 
     is_differentiable = False
@@ -125,24 +127,36 @@ class RetrievalRecall(Metric):
         super().__init__(**kwargs)
         self.similarity = similarity
         self.ks = tuple(ks)
-        for name in ("image", "text", "image_ids", "index"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
+        for name, dtype in (("image", torch.float32), ("text", torch.float32)):
+            self.add_list_state(name, dtype)
+            # the features' trailing shape, padded with zeros: (ndim, d1, ..., d_MAX_FEATURE_DIMS)
+            self.add_state(f"{name}_shape", default=torch.zeros(1 + _MAX_FEATURE_DIMS, dtype=torch.long),
+                           dist_reduce_fx="max")  # fmt: skip
+        for name in ("image_ids", "index"):
+            self.add_list_state(name, torch.int64)
 
     def update(self, image: Tensor, text: Tensor, image_ids: Tensor, index: Tensor | None = None) -> None:
         if not len(image) == len(text) == len(image_ids):
             raise ValueError("image, text and image_ids need the same number of rows")
-        self.image.append(image.detach())
-        self.text.append(text.detach())
+        for name, features in (("image", image), ("text", text)):
+            seen = getattr(self, f"{name}_shape")
+            shape = _feature_shape(features).to(seen.device)
+            if int(seen[0]) and not torch.equal(seen, shape):
+                raise ValueError(f"{name} features of shape {tuple(features.shape[1:])} after "
+                                 f"{tuple(_features(features.new_empty(0), seen).shape[1:])}")  # fmt: skip
+            setattr(self, f"{name}_shape", shape)
+            getattr(self, name).append(features.detach().float().reshape(-1))
         self.image_ids.append(image_ids.detach().long().reshape(-1))
         self.index.append(
             torch.full_like(self.image_ids[-1], -1) if index is None else index.detach().long().reshape(-1)
         )
 
     def compute(self) -> dict[str, Tensor]:
-        if len(self.image_ids) == 0:
-            raise ValueError("RetrievalRecall.compute() needs at least one update")
-        image, text, image_ids, index = (
-            dim_zero_cat(s) for s in (self.image, self.text, self.image_ids, self.index)
+        image_ids, index = cat_state(self.image_ids), cat_state(self.index)
+        if len(image_ids) == 0:
+            raise ValueError("RetrievalRecall.compute() needs at least one update (on some rank)")
+        image, text = (
+            _features(cat_state(getattr(self, n)), getattr(self, f"{n}_shape")) for n in ("image", "text")
         )
         rows = first_occurrence(index.long())
         image, text, image_ids = image[rows], text[rows], image_ids[rows].long()
@@ -150,8 +164,23 @@ class RetrievalRecall(Metric):
         first_row = torch.full_like(unique_ids, len(image_ids)).scatter_reduce(
             0, txt2img, torch.arange(len(image_ids), device=txt2img.device), reduce="amin"
         )
-        sim = self.similarity(image[first_row].float(), text.float())
+        sim = self.similarity(image[first_row], text)
         return {
             k: torch.tensor(v, dtype=torch.float64)
             for k, v in retrieval_recall(sim, txt2img, self.ks).items()
         }
+
+
+def _feature_shape(features: Tensor) -> Tensor:
+    """``(B, *F)`` -> ``(1 + _MAX_FEATURE_DIMS,)`` long: ``len(F)``, then ``F`` padded with zeros."""
+    trailing = list(features.shape[1:])
+    if not 1 <= len(trailing) <= _MAX_FEATURE_DIMS:
+        raise ValueError(
+            f"features need 1 to {_MAX_FEATURE_DIMS} dimensions after the batch, got {tuple(trailing)}"
+        )
+    return torch.tensor([len(trailing), *trailing, *[0] * (_MAX_FEATURE_DIMS - len(trailing))])
+
+
+def _features(flat: Tensor, shape: Tensor) -> Tensor:
+    """A flattened feature state and its :func:`_feature_shape` -> ``(N, *F)``."""
+    return flat.view(-1, *shape[1 : 1 + int(shape[0])].tolist())

@@ -72,3 +72,23 @@ def test_metric_from_pair_rows_with_padding():
     metric.update(image[txt2img[padding]], text[padding], image_ids=100 + txt2img[padding], index=padding)
     got = metric.compute()
     assert {k: v.item() for k, v in got.items()} == pytest.approx(expected, abs=1e-12)
+
+
+def test_metric_with_query_features_and_a_shape_change():
+    """BLIP-2's (B, Q, E) image features keep their shape through the flattened state; features of
+    another shape in a later update fail, naming both shapes."""
+    torch.manual_seed(2)
+    queries = torch.randn(6, 4, 8)  # 6 images, 4 queries each
+    txt2img = torch.arange(6).repeat_interleave(2)
+    text = queries[txt2img, 0] + 0.5 * torch.randn(12, 8)
+
+    def max_over_queries(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("iqe,te->iqt", image, text).amax(1)
+
+    metric = RetrievalRecall(similarity=max_over_queries)
+    for batch in torch.arange(12).split(5):
+        metric.update(queries[txt2img[batch]], text[batch], image_ids=txt2img[batch], index=batch)
+    expected = retrieval_recall(max_over_queries(queries, text), txt2img)
+    assert {k: v.item() for k, v in metric.compute().items()} == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match=r"image features of shape \(8,\) after \(4, 8\)"):
+        metric.update(queries[:2, 0], text[:2], image_ids=txt2img[:2])
