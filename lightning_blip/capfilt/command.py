@@ -82,6 +82,10 @@ def capfilt(
     unknown = sorted(set(trainer_args) - set(inspect.signature(L.Trainer.__init__).parameters) - {"self"})
     if unknown:  # before the models load: a misspelled key fails at once
         raise ValueError(f"trainer: unknown lightning.Trainer argument(s) {unknown}")
+    for name, value, least in (("image_size", image_size, 1), ("shard_size", shard_size, 1),
+                               ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):  # fmt: skip
+        if value < least:  # before capfilt.json records the settings, so a corrected rerun may start
+            raise ValueError(f"{name} must be >= {least}, got {value}")
     out = Path(output_dir)
     settings = {
         "captioner": captioner,

@@ -42,6 +42,14 @@ class CaptionSettings:
     max_length: int = 20
     repetition_penalty: float = 1.1
 
+    def __post_init__(self) -> None:
+        _require(self.num_captions >= 1, "captioning.num_captions", self.num_captions, ">= 1")
+        _require(0 < self.top_p <= 1, "captioning.top_p", self.top_p, "in (0, 1]")
+        _require(self.top_k >= 0, "captioning.top_k", self.top_k, ">= 0 (0: off)")
+        _require(1 <= self.min_length <= self.max_length, "captioning.min_length", self.min_length,
+                 f"in [1, max_length={self.max_length}]")  # fmt: skip
+        _require(self.repetition_penalty > 0, "captioning.repetition_penalty", self.repetition_penalty, "> 0")
+
 
 @dataclass(frozen=True)
 class FilterSettings:
@@ -58,6 +66,20 @@ class FilterSettings:
     threshold: float | None = 0.5
     top_n: int | None = None
     max_words: int = 30
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None:
+            _require(0 <= self.threshold <= 1, "filtering.threshold", self.threshold,
+                     "a probability in [0, 1], or null")  # fmt: skip
+        if self.top_n is not None:
+            _require(self.top_n >= 1, "filtering.top_n", self.top_n, ">= 1, or null")
+        _require(self.max_words >= 1, "filtering.max_words", self.max_words, ">= 1")
+
+
+def _require(ok: bool, field: str, value, expected: str) -> None:
+    """A setting out of range fails when it is given, before any model loads or any output is written."""
+    if not ok:
+        raise ValueError(f"{field} must be {expected}, got {value!r}")
 
 
 @torch.no_grad()

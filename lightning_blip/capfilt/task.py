@@ -41,6 +41,8 @@ class CapFiltTask(L.LightningModule):
         self.filtering = filtering or FilterSettings()
         self.seed = seed
         self.tokenizer = default_tokenizer()
+        # a restart near the end may leave a rank without pending chunks; it still reaches the barriers
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out = {"chunk": batch["chunk"], "index": batch["index"], "corrupt": batch["corrupt"], "results": []}

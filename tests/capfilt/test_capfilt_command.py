@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,3 +186,44 @@ def test_two_ranks_give_the_records_of_one(setup: dict, tmp_path: Path):
     result = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _outputs(out) == _outputs(setup["reference"])
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_with_fewer_pending_chunks_than_ranks(setup: dict, tmp_path: Path):
+    """A restart with one web chunk left: the rank without a chunk predicts nothing and still meets
+    the other at the barriers."""
+    out = tmp_path / "resume"
+    shutil.copytree(setup["reference"], out)
+    web = [p for p in sorted(out.glob("part-*.stats.json")) if json.loads(p.read_text())["source"] == "web"]
+    (out / web[-1].name.replace(".stats.json", ".jsonl")).unlink()
+    for summary in ("stats.json", "data.yaml"):
+        (out / summary).unlink()
+    cmd = _command(setup, out, "--trainer.devices=2", "--trainer.strategy=ddp")
+    result = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _outputs(out) == _outputs(setup["reference"])
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        (
+            "--filtering.threshold=50",
+            r"filtering.threshold must be a probability in \[0, 1\], or null, got 50",
+        ),
+        ("--filtering.top_n=0", r"filtering.top_n must be >= 1, or null, got 0"),
+        ("--captioning.num_captions=0", r"captioning.num_captions must be >= 1, got 0"),
+        ("--captioning.top_p=1.5", r"captioning.top_p must be in \(0, 1\], got 1.5"),
+        ("--captioning.min_length=50", r"captioning.min_length must be in \[1, max_length=\d+\], got 50"),
+        ("--batch_size=0", r"batch_size must be >= 1, got 0"),
+    ],
+)
+def test_a_bad_setting_fails_before_anything_is_written(
+    setup: dict, tmp_path: Path, monkeypatch, arg, message
+):
+    monkeypatch.setattr(BlipModel, "from_pretrained", lambda *a, **k: pytest.fail("models loaded"))
+    out = tmp_path / "bad"
+    args = [a.replace(str(setup["reference"]), str(out)) for a in setup["args"]]
+    with pytest.raises(ValueError, match=message):
+        main([*args, arg])
+    assert not out.exists()  # no capfilt.json: the corrected command may use this folder
