@@ -1,7 +1,8 @@
 """LAVIS-style image-text annotations: ``.json`` (a list of records) or ``.jsonl`` (one record a line).
 
 A record is ``{"image": relpath, "caption": str | [str], "image_id": scalar (optional)}``; other keys
-are ignored. Malformed records are skipped with one warning line each and counted, never raised.
+are ignored. Malformed records are skipped with one warning line each and counted, never raised; a
+caption without a word is dropped from a record that has others, counted, with one warning per file.
 """
 
 from __future__ import annotations
@@ -28,8 +29,26 @@ class ImageTextRecord:
     image_id: str
 
 
+@dataclass
+class Annotations:
+    """What :func:`read_annotations` read: the records, the malformed records skipped, and the captions
+    without a word dropped from records that kept another (a record with none left is a skipped one)."""
+
+    records: list[ImageTextRecord]
+    skipped_records: int
+    dropped_captions: int
+
+
 def parse_record(raw: Any) -> ImageTextRecord:
-    """Validate one raw record; raises ``TypeError`` or ``ValueError`` saying what is wrong."""
+    """Validate one raw record; raises ``TypeError`` or ``ValueError`` saying what is wrong.
+
+    Captions without a word are dropped (:func:`read_annotations` counts them).
+    """
+    return _parse_record(raw)[0]
+
+
+def _parse_record(raw: Any) -> tuple[ImageTextRecord, int]:
+    """:func:`parse_record`'s record and how many of its captions were dropped for having no word."""
     if not isinstance(raw, dict):
         raise TypeError(f"expected an object, got {type(raw).__name__}")
     image = raw.get("image")
@@ -48,7 +67,8 @@ def parse_record(raw: Any) -> ImageTextRecord:
         image_id = image
     elif isinstance(image_id, (dict, list)):
         raise ValueError("'image_id' must be a scalar")
-    return ImageTextRecord(image=image, captions=captions, image_id=str(image_id))
+    record = ImageTextRecord(image=image, captions=captions, image_id=str(image_id))
+    return record, len(caption) - len(captions)
 
 
 def json_lines(path: Path) -> Iterator[tuple[str, Any]]:
@@ -116,10 +136,9 @@ def parse_records(
     return records, skipped
 
 
-def load_annotations(
-    paths: str | Path | Sequence[str | Path],
-) -> tuple[list[ImageTextRecord], int]:
-    """Read one or more annotation files; returns the records and how many malformed ones were skipped.
+def read_annotations(paths: str | Path | Sequence[str | Path]) -> Annotations:
+    """Read one or more annotation files: the records, and the malformed records and wordless captions
+    left out (each file warns once with the number of captions it dropped).
 
     Raises, naming the file: ``FileNotFoundError`` if it is missing, ``ValueError`` if it is not JSON
     (``.jsonl``: no line is) or its name ends in neither ``.json`` nor ``.jsonl``, ``TypeError`` if a
@@ -127,15 +146,28 @@ def load_annotations(
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    records: list[ImageTextRecord] = []
-    skipped = 0
+    loaded = Annotations([], 0, 0)
     for path in map(Path, paths):
         check_annotation_file(path)
         items = json_lines(path) if path.suffix == ".jsonl" else _json_list(path)
-        parsed, bad = parse_records(path, items, parse_record)
-        records += parsed
-        skipped += bad
-    return records, skipped
+        parsed, bad = parse_records(path, items, _parse_record)
+        dropped = sum(drops for _, drops in parsed)
+        if dropped:
+            log.warning(
+                "%s: dropped %d captions without a word from records with other captions", path, dropped
+            )
+        loaded.records += [record for record, _ in parsed]
+        loaded.skipped_records += bad
+        loaded.dropped_captions += dropped
+    return loaded
+
+
+def load_annotations(
+    paths: str | Path | Sequence[str | Path],
+) -> tuple[list[ImageTextRecord], int]:
+    """:func:`read_annotations`' records and how many malformed ones were skipped."""
+    loaded = read_annotations(paths)
+    return loaded.records, loaded.skipped_records
 
 
 def expand_captions(records: Sequence[ImageTextRecord]) -> list[tuple[int, int]]:

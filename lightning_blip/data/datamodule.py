@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from lightning_blip.data.annotations import ImageTextRecord, load_annotations
+from lightning_blip.data.annotations import ImageTextRecord, read_annotations
 from lightning_blip.data.collate import ImageTextCollator
 from lightning_blip.data.dataset import ImageTextDataset
 from lightning_blip.data.sampler import ResumableDistributedSampler
@@ -17,6 +17,18 @@ from lightning_blip.data.transforms import eval_transform, train_transform
 from lightning_blip.models.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+def check_config(field: str, ok: bool, rule: str, value: Any) -> None:
+    """Raise ``ValueError`` naming ``field`` unless ``ok`` (``rule`` says what it must be)."""
+    if not ok:
+        raise ValueError(f"{field} must be {rule}, got {value!r}")
+
+
+def check_folder(field: str, path: str | Path) -> None:
+    """Raise ``FileNotFoundError`` naming ``field`` unless ``path`` is an existing folder."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{field} {path} is not a folder (--data.init_args.{field})")
 
 
 class ImageTextDataModule(L.LightningDataModule):
@@ -34,11 +46,17 @@ class ImageTextDataModule(L.LightningDataModule):
         max_words: captions are cut to this many words (``pre_caption``).
         max_length: captions are cut to this many tokens, [CLS] and [SEP] included.
         crop_scale: area range of the training RandomResizedCrop.
-        randaugment: add RandAugment(2, 5) to the training transform.
+        randaugment: add BLIP's RandomAugment(2, 5) to the training transform.
         vocab: tokenizer ``vocab.txt`` (or a folder holding one); ``None`` uses the bundled
             bert-base-uncased vocabulary.
         seed: seed of the training order and of every sample's augmentation.
         pin_memory: pin batches in page-locked memory.
+
+    The sizes are checked at construction (``ValueError`` naming the field); ``image_root`` must be
+    a folder at ``setup`` (recipes name placeholder paths until then).
+
+    After ``setup``, ``num_skipped_records[split]`` counts the malformed records skipped and
+    ``num_dropped_captions[split]`` the captions without a word dropped from records with others.
 
     Resume: ``state_dict()`` records the epoch of the next training batch and how many batches of that
     epoch are done (with the batch size and world size); after ``load_state_dict`` the next
@@ -64,6 +82,18 @@ class ImageTextDataModule(L.LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
+        check_config("image_size", image_size > 0, "a positive number of pixels", image_size)
+        check_config("batch_size", batch_size >= 1, "at least 1", batch_size)
+        check_config(
+            "eval_batch_size", eval_batch_size is None or eval_batch_size >= 1, "at least 1", eval_batch_size
+        )
+        check_config("max_words", max_words >= 1, "at least 1", max_words)
+        check_config(
+            "crop_scale",
+            len(crop_scale) == 2 and 0 < crop_scale[0] <= crop_scale[1] <= 1,
+            "(min, max) area fractions with 0 < min <= max <= 1",
+            crop_scale,
+        )
         self.annotations = {"train": train_annotations, "val": val_annotations, "test": test_annotations}
         self.image_root = image_root
         self.image_size = image_size
@@ -79,6 +109,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.collator = ImageTextCollator(self.tokenizer, max_length)
         self.datasets: dict[str, Dataset] = {}
         self.num_skipped_records: dict[str, int] = {}
+        self.num_dropped_captions: dict[str, int] = {}
         self._resume: dict[str, int] | None = None
 
     def _load(self, split: str, required: bool) -> None:
@@ -87,13 +118,17 @@ class ImageTextDataModule(L.LightningDataModule):
             if required:
                 raise ValueError(f"{split}_annotations is not set (--data.{split}_annotations PATH)")
             return
-        records, skipped = load_annotations(paths)
-        if not records:
+        loaded = read_annotations(paths)
+        skipped, dropped = loaded.skipped_records, loaded.dropped_captions
+        if not loaded.records:
             raise ValueError(f"{split}_annotations {paths}: no valid record ({skipped} malformed skipped)")
         if skipped:
             log.warning("%s annotations: skipped %d malformed records", split, skipped)
+        if dropped:
+            log.warning("%s annotations: dropped %d captions without a word", split, dropped)
         self.num_skipped_records[split] = skipped
-        self.datasets[split] = self.build_dataset(split, records)
+        self.num_dropped_captions[split] = dropped
+        self.datasets[split] = self.build_dataset(split, loaded.records)
 
     def build_dataset(self, split: str, records: list[ImageTextRecord]) -> Dataset:
         """The dataset of a split from its records (subclasses change the evaluation layout)."""
@@ -106,8 +141,14 @@ class ImageTextDataModule(L.LightningDataModule):
             records, self.image_root, transform, self.max_words, substitute_corrupt=split == "train"
         )
 
+    def image_folders(self) -> dict[str, str]:
+        """The image folders by argument name, which ``setup`` checks exist."""
+        return {"image_root": self.image_root}
+
     def setup(self, stage: str) -> None:
-        """Load the annotations the stage needs ("fit": train and, if given, val)."""
+        """Check the image folders; load the annotations the stage needs ("fit": train and, if given, val)."""
+        for field, path in self.image_folders().items():
+            check_folder(field, path)
         if stage == "fit":
             self._load("train", required=True)
             self._load("val", required=False)

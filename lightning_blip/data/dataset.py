@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,10 @@ from lightning_blip.data.annotations import ImageTextRecord, expand_captions
 from lightning_blip.data.text import pre_caption
 
 log = logging.getLogger(__name__)
+
+# what PIL raises opening or decoding a missing, unidentified, corrupt, truncated or oversized file;
+# only these, and only there, skip an image: errors of the transform (config errors) propagate
+UNREADABLE_IMAGE_ERRORS = (OSError, Image.DecompressionBombError, ValueError, SyntaxError)
 
 
 @contextmanager
@@ -40,7 +44,8 @@ class SkippingImageDataset(Dataset):
     """Base of the image datasets: unreadable images are skipped with a warning and counted.
 
     Subclasses implement ``__len__`` and ``_load(index, seed)``, which reads its image through
-    :meth:`_read_image` and returns ``None`` when that fails.
+    :meth:`_read_image` and returns ``None`` when that fails. Only a file that cannot be opened or
+    decoded is skipped; an error of the transform (a config error) propagates.
 
     Args:
         image_root: folder the records' image paths are relative to; a missing folder is an error
@@ -48,8 +53,11 @@ class SkippingImageDataset(Dataset):
         transform: PIL image -> ``(3, H, W)`` tensor.
         substitute_corrupt: replace an unreadable item by a random readable one (training) instead
             of returning ``None`` (evaluation, where the collator drops it).
-        max_substitutions: with ``substitute_corrupt``, the random items tried before giving up with
-            an error (so many unreadable in a row means most images cannot be read: a config error).
+        max_substitutions: the distinct random items tried when an item is unreadable before giving up
+            with an error naming ``image_root`` (so many unreadable in a row means most images cannot
+            be read: a config error). Training tries them as substitutes. Evaluation, so that a split
+            with no readable image does not pass as an empty one, tries them (without warnings) only
+            until this process has read one image; then unreadable items are just ``None``.
     """
 
     def __init__(
@@ -64,6 +72,8 @@ class SkippingImageDataset(Dataset):
         self.substitute_corrupt = substitute_corrupt
         self.max_substitutions = max_substitutions
         self.num_skipped = 0  # failed reads in this process; the collator reports skips per batch
+        self._read_one = False  # an image was read in this process: evaluation stops checking for none
+        self._quiet = False  # reads that only check for a readable image: failures not warned or counted
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -76,46 +86,75 @@ class SkippingImageDataset(Dataset):
 
         Returns the subclass's item plus ``"num_skipped"``: 1 if the item's own image could not be
         read and another item took its place, else 0, so that an epoch counts each unreadable sample
-        once. When the image cannot be read or transformed it is skipped with a warning: with
-        ``substitute_corrupt`` a random readable item takes its place (so every rank keeps the same
-        batch size, which gathers across ranks need), else the result is ``None``.
+        once. When the image cannot be read it is skipped with a warning: with ``substitute_corrupt``
+        a random readable item takes its place (so every rank keeps the same batch size, which gathers
+        across ranks need), else the result is ``None``.
         """
         index, seed = key if isinstance(key, tuple) else (key, None)
         item = self._load(index, seed)
         if item is not None:
+            self._read_one = True
             item["num_skipped"] = 0
             return item
+        if not self.substitute_corrupt and self._read_one:
+            return None
+        others = self._others(index, seed)
+        substitute = self._first_readable(others, seed)
+        if substitute is None:
+            raise RuntimeError(
+                f"item {index} and {len(others)} random others could not be read: most (or all) images "
+                f"under image_root={self.image_root} seem unreadable (the warnings above say why)"
+            )
         if not self.substitute_corrupt:
             return None
-        # random, not neighbouring, substitutes: unreadable files often come in runs (a missing folder);
-        # the draws depend on the index and seed only, so a resumed run makes the same choices
+        substitute["num_skipped"] = 1
+        return substitute
+
+    def _first_readable(self, indices: list[int], seed: int | None) -> dict[str, Any] | None:
+        """The item of the first of ``indices`` whose image is readable, or ``None``.
+
+        Evaluation only checks that some image is readable: its failed reads are not warned or counted.
+        """
+        self._quiet = not self.substitute_corrupt
+        try:
+            for index in indices:
+                item = self._load(index, seed)
+                if item is not None:
+                    self._read_one = True
+                    return item
+            return None
+        finally:
+            self._quiet = False
+
+    def _others(self, index: int, seed: int | None) -> list[int]:
+        """Up to ``max_substitutions`` distinct items other than ``index``, drawn from (index, seed) only.
+
+        Random, not neighbouring: unreadable files often come in runs (a missing folder); a resumed
+        run makes the same choices.
+        """
         draws = random.Random(index * 1_000_003 + (seed or 0))
-        for _ in range(self.max_substitutions):
-            item = self._load(draws.randrange(len(self)), seed)
-            if item is not None:
-                item["num_skipped"] = 1
-                return item
-        raise RuntimeError(
-            f"item {index} and {self.max_substitutions} random substitutes could not be read: most "
-            f"images under image_root={self.image_root} seem unreadable (the warnings above say why)"
-        )
+        picked = draws.sample(range(len(self) - 1), min(self.max_substitutions, len(self) - 1))
+        return [other + (other >= index) for other in picked]
 
     def _read_image(self, relpath: str | Path, index: int, seed: int | None) -> torch.Tensor | None:
-        """The transformed image at ``image_root / relpath``, or ``None`` (warned, counted) if unreadable."""
+        """The transformed image at ``image_root / relpath``, or ``None`` (warned, counted) if the file
+        cannot be opened or decoded; errors of the transform propagate."""
         path = self.image_root / relpath
-        try:
-            with Image.open(path) as file:
+        with ExitStack() as stack:
+            try:
+                file = stack.enter_context(Image.open(path))
                 file.load()
-                if seed is None:
-                    return self.transform(file)
-                with seeded_rng(seed):
-                    return self.transform(file)
-        except Exception as err:  # a bad image is skipped, whatever the error
-            if not self.image_root.is_dir():
-                raise FileNotFoundError(f"image_root {self.image_root} is not a folder") from err
-            self.num_skipped += 1
-            log.warning("skipping image %s (item %d): %s: %s", path, index, type(err).__name__, err)
-            return None
+            except UNREADABLE_IMAGE_ERRORS as err:
+                if not self.image_root.is_dir():
+                    raise FileNotFoundError(f"image_root {self.image_root} is not a folder") from err
+                if not self._quiet:
+                    self.num_skipped += 1
+                    log.warning("skipping image %s (item %d): %s: %s", path, index, type(err).__name__, err)
+                return None
+            if seed is None:
+                return self.transform(file)
+            with seeded_rng(seed):
+                return self.transform(file)
 
 
 class ImageTextDataset(SkippingImageDataset):

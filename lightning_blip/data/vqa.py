@@ -29,7 +29,7 @@ from lightning_blip.data.annotations import (
     parse_records,
     read_json,
 )
-from lightning_blip.data.datamodule import ImageTextDataModule
+from lightning_blip.data.datamodule import ImageTextDataModule, check_config
 from lightning_blip.data.dataset import SkippingImageDataset
 from lightning_blip.data.text import pre_question
 from lightning_blip.data.transforms import eval_transform, train_transform
@@ -358,7 +358,8 @@ class VQADataModule(ImageTextDataModule):
             ``question_id`` (not needed for flat files; optional for test).
         answer_list: ``.json`` list of candidate answers for ranking (``self.answer_list``).
         image_root: folder of the images (VQAv2: the folder holding ``train2014/`` ...).
-        vg_image_root: folder of Visual Genome images of flat ``"dataset": "vg"`` records.
+        vg_image_root: folder of Visual Genome images of flat ``"dataset": "vg"`` records (like
+            ``image_root``, checked to be a folder at ``setup``).
         image_template: VQAv2 image path from the question file's ``data_subtype`` and ``image_id``.
         image_size: square side in pixels (BLIP ViT-B VQA: 480).
         batch_size, eval_batch_size, num_workers, crop_scale, randaugment, vocab, seed, pin_memory:
@@ -409,6 +410,7 @@ class VQADataModule(ImageTextDataModule):
             seed=seed,
             pin_memory=pin_memory,
         )
+        check_config("max_question_words", max_question_words >= 1, "at least 1", max_question_words)
         self.vqa_files = {
             "train": (train_questions, train_annotations),
             "val": (val_questions, val_annotations),
@@ -421,6 +423,13 @@ class VQADataModule(ImageTextDataModule):
         self.max_question_words = max_question_words
         self.vg_weight = vg_weight
         self.collator = VQACollator(self.tokenizer, max_question_length, max_answer_length)
+
+    def image_folders(self) -> dict[str, str]:
+        """``image_root``, and ``vg_image_root`` when set."""
+        folders = super().image_folders()
+        if self.vg_image_root:
+            folders["vg_image_root"] = self.vg_image_root
+        return folders
 
     def setup(self, stage: str) -> None:
         """Load the stage's questions (see :meth:`ImageTextDataModule.setup`) and the answer list."""

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from lightning_blip.data.annotations import ImageTextRecord, expand_captions, load_annotations, parse_record
+from lightning_blip.data.annotations import (
+    ImageTextRecord,
+    expand_captions,
+    load_annotations,
+    parse_record,
+    read_annotations,
+)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -83,6 +89,32 @@ def test_each_kind_of_malformed_record_is_skipped_and_counted(
 
 def test_captions_without_a_word_are_dropped_from_a_list() -> None:
     assert parse_record({"image": "a.jpg", "caption": ["", "a dog", "?!"]}).captions == ("a dog",)
+    assert parse_record({"image": "a.jpg", "caption": ["A dog.", "...", "x"]}).captions == ("A dog.", "x")
+
+
+def test_dropped_captions_are_counted_with_one_warning_per_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = [
+        {"image": "1.jpg", "caption": ["A dog.", "...", "x"]},
+        {"image": "2.jpg", "caption": ["", "a cat", "?!", " "]},
+        {"image": "3.jpg", "caption": ["...", "!"]},  # nothing left: a skipped record, not dropped captions
+        {"image": "4.jpg", "caption": "a bird"},
+    ]
+    a = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(line) for line in lines))
+    b = _write(tmp_path / "b.json", json.dumps([{"image": "5.jpg", "caption": ["ok", "--"]}]))
+    with caplog.at_level(logging.WARNING):
+        loaded = read_annotations([a, b])
+    assert [r.captions for r in loaded.records] == [("A dog.", "x"), ("a cat",), ("a bird",), ("ok",)]
+    assert (loaded.skipped_records, loaded.dropped_captions) == (1, 5)
+    dropped = [r.getMessage() for r in caplog.records if "without a word" in r.getMessage()]
+    assert len(dropped) == 2  # once per file, not once per caption
+    assert str(a) in dropped[0] and "dropped 4 captions" in dropped[0]
+    assert str(b) in dropped[1] and "dropped 1 captions" in dropped[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert load_annotations(b) == ([ImageTextRecord("5.jpg", ("ok",), "5.jpg")], 0)  # its return kept
+    assert "dropped 1 captions" in caplog.text
 
 
 def test_jsonl_lines_that_break_the_decoder_are_skipped_not_raised(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -189,3 +190,19 @@ def test_resume_with_another_batch_size_warns(
     dm.load_state_dict({"epoch": 0, "batches_done": 1, "batch_size": 2, "world_size": 1})
     dm.train_dataloader()
     assert any("not an exact resume" in r.getMessage() for r in caplog.records)
+
+
+def test_dropped_captions_are_counted_and_logged_per_split(
+    fake_data: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train = json.loads(Path(fake_data["train"]).read_text())
+    train[0]["caption"] += ["...", "!!"]
+    train[5]["caption"] = [train[5]["caption"], "-"]
+    Path(fake_data["train"]).write_text(json.dumps(train))
+    dm = _datamodule(fake_data)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert dm.num_skipped_records == {"train": 1, "val": 0}
+    assert dm.num_dropped_captions == {"train": 3, "val": 0}
+    assert "train annotations: dropped 3 captions without a word" in caplog.text
+    assert len(dm.datasets["train"]) == 12  # the pairs of the kept captions only
