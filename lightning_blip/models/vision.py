@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -46,6 +48,9 @@ class VisionConfig:
         grad_checkpointing_layers: recompute the last k blocks in backward (0 = off).
         num_removed_blocks: drop the last k blocks (BLIP-2 uses the second-to-last layer's output).
         final_norm: apply the ViT's final LayerNorm (BLIP does; BLIP-2 does not).
+        layer_norm_eps: epsilon of every LayerNorm of the ViT, the final norm included; None keeps
+            the timm architecture's own: 1e-6 for timm's ViTs and EVA (BLIP's and LAVIS's value),
+            1e-5 for its CLIP ViTs (OpenAI's).
         weights: optional local checkpoint (safetensors or a torch file loaded with weights_only).
         timm_kwargs: extra keyword arguments for ``timm.create_model``.
     """
@@ -56,6 +61,7 @@ class VisionConfig:
     grad_checkpointing_layers: int = 0
     num_removed_blocks: int = 0
     final_norm: bool = True
+    layer_norm_eps: float | None = None
     weights: str | None = None
     timm_kwargs: dict | None = None
 
@@ -69,12 +75,15 @@ class VisionEncoder(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         self.config = config
+        eps = config.layer_norm_eps
+        norm = {} if eps is None else {"norm_layer": partial(LayerNorm, eps=eps)}
         self.vit = timm.create_model(
             config.model_name,
             pretrained=False,
             num_classes=0,
             img_size=config.image_size,
             drop_path_rate=config.drop_path,
+            **norm,
             **(config.timm_kwargs or {}),
         )
         if not hasattr(self.vit, "blocks") or not hasattr(self.vit, "_pos_embed"):

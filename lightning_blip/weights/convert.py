@@ -46,10 +46,12 @@ from lightning_blip.weights.transformers_blip import (
     read_source,
     vision_config_from_transformers,
 )
-from lightning_blip.weights.transformers_blip2 import convert_transformers_blip2, save_our_blip2
+from lightning_blip.weights.transformers_blip2 import (
+    convert_transformers_blip2,
+    recorded_image_token_index,
+    save_our_blip2,
+)
 from lightning_blip.weights.transformers_blip_vqa import is_vqa_checkpoint, load_transformers_blip_vqa
-
-BLIP_VIT_EPS = 1e-6  # BLIP's and timm's ViT LayerNorm epsilon, which our VisionEncoder uses
 
 
 def blip_config_from_transformers(directory: str | Path) -> tuple[BlipConfig, list[str]]:
@@ -72,10 +74,6 @@ def blip_config_from_transformers(directory: str | Path) -> tuple[BlipConfig, li
         pad_token_id=t.pad_token_id,
     )
     notes = []
-    if v.layer_norm_eps != BLIP_VIT_EPS:
-        notes.append(
-            f"vision layer_norm_eps: transformers config {v.layer_norm_eps}, ours {BLIP_VIT_EPS} (BLIP's ViT)"
-        )
     if v.hidden_act != "gelu" or t.hidden_act != "gelu":
         notes.append(f"activations {v.hidden_act!r}/{t.hidden_act!r}: ours use exact GELU")
     return config, notes
@@ -160,12 +158,13 @@ def _transformers_to_ours_blip2(args: argparse.Namespace) -> Path:
 
 
 def _ours_to_transformers_blip2(args: argparse.Namespace) -> Path:
-    """Any BLIP-2 checkpoint of ours (``convert --to ours`` directory, Lightning ``.ckpt``, FSDP2 directory)."""
+    """Any BLIP-2 checkpoint of ours (``convert --to ours`` directory, Lightning ``.ckpt``, FSDP2
+    directory); a converted directory's recorded image token is kept."""
     try:
         model: nn.Module = Blip2ForGeneration.from_pretrained(args.source)
     except (KeyError, ValueError):  # a stage-1 model
         model = Blip2Model.from_pretrained(args.source)
-    return export_transformers_blip2(model, args.output)
+    return export_transformers_blip2(model, args.output, recorded_image_token_index(args.source))
 
 
 def _lavis_to_ours_blip2(args: argparse.Namespace) -> Path:

@@ -15,8 +15,8 @@ transformers key must map to one of our weights of the same shape, and every wei
 out must be one that the import lists as absent from that kind of checkpoint. Tied weights are
 written once (the LM head's decoder weight is the word embeddings; transformers re-ties on load).
 
-Written into ``config.json``: the ViT's LayerNorm epsilon (1e-6 in BLIP and ours; transformers'
-default is 1e-5) and every size read from the model itself. transformers' ITM uses the ids as given
+Written into ``config.json``: the ViT's LayerNorm epsilon (1e-6 in BLIP; transformers' default is
+1e-5; a converted model keeps its source's) and every size read from the model itself. transformers' ITM uses the ids as given
 while ours replaces [CLS] by [ENC]: the exported model gives our ITM scores when fed [ENC]-first ids.
 """
 

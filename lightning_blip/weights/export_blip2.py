@@ -10,9 +10,12 @@ the ITG head and ``temp`` of a retrieval model); anything else (e.g. a ViT with 
 error that names the keys.
 
 - The image token: transformers scatters the queries into ``num_query_tokens`` copies of
-  ``image_token_index`` before the text. It gets the first id past the tokenizer's vocabulary (as
-  the released checkpoints, whose LLM embeddings have spare rows), and the exported tokenizer
-  gets ``<image>`` at that id, so that ``Blip2Processor`` builds the same inputs.
+  ``image_token_index`` before the text, and ``Blip2Processor`` writes them as the tokenizer's
+  ``<image>``, so the two must be one id (else the model never sees the image). The id is the one
+  asked for, else the converted source's (``conversion.json``), else the tokenizer's ``<image>``
+  (the released checkpoints' tokenizers hold it), else the first id past the tokenizer's vocabulary
+  (the released LLMs' embeddings have spare rows), where the exported tokenizer gets ``<image>``.
+  An ``<image>`` at another id is an error, raised before anything is written.
 - ``vision_config.layer_norm_eps`` is our ViT blocks' epsilon; transformers also uses it for
   ``post_layernorm`` (our ``ln_vision``). When our ``ln_vision_eps`` differs (LAVIS's 1e-5), a
   warning says so: transformers' outputs then differ from ours by that alone.
@@ -38,7 +41,10 @@ from lightning_blip.weights.transformers_blip2 import (
     load_converted_blip2,
     match_qkv_bias,
     model_kind,
+    recorded_image_token_index,
 )
+
+IMAGE_TOKEN = "<image>"
 
 
 def transformers_blip2_config(model: nn.Module, image_token_id: int | None = None) -> HFBlip2Config:
@@ -73,15 +79,38 @@ def transformers_blip2_config(model: nn.Module, image_token_id: int | None = Non
     )
 
 
-def _image_token_id(model: nn.Module) -> int:
-    """The first id past the tokenizer's vocabulary, if the LLM's embeddings have a row for it."""
-    token_id, rows = len(model.tokenizer), model.llm.get_input_embeddings().weight.shape[0]
-    if token_id >= rows:
+def _image_token_id(model: nn.Module, requested: int | None) -> int:
+    """``requested``, else the tokenizer's ``<image>``, else the first id past its vocabulary; the
+    LLM's embeddings must have a row for it."""
+    tokenizer = model.tokenizer
+    token_id = requested if requested is not None else tokenizer.get_vocab().get(IMAGE_TOKEN, len(tokenizer))
+    rows = model.llm.get_input_embeddings().weight.shape[0]
+    if not 0 <= token_id < rows:
         raise ValueError(
-            f"the LLM's {rows} embedding rows leave no spare id for transformers' image token (the "
-            f"tokenizer uses {token_id}): pass image_token_id=<an id no prompt uses>"
+            f"transformers' image token {token_id} has no row among the LLM's {rows} embedding rows: "
+            f"give the LLM spare rows (model.llm.resize_token_embeddings) or pass an image_token_id "
+            f"below {rows} that the tokenizer's {IMAGE_TOKEN} can take"
         )
     return token_id
+
+
+def _tokenizer_with_image_token(tokenizer, token_id: int):
+    """A copy of ``tokenizer`` whose ``<image>`` is ``token_id`` (added where absent).
+
+    Raises:
+        ValueError: ``<image>`` is (or would be added as) another id.
+    """
+    tokenizer = copy.deepcopy(tokenizer)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    got = tokenizer.get_vocab()[IMAGE_TOKEN]
+    if got != token_id:
+        raise ValueError(
+            f"the exported tokenizer's {IMAGE_TOKEN} would be id {got} but image_token_index is {token_id}: "
+            f"transformers' BLIP-2 would then never put the image into its inputs; export with "
+            f"image_token_id={got} or a tokenizer whose {IMAGE_TOKEN} is {token_id}"
+        )
+    return tokenizer
 
 
 def transformers_state_dict(model: nn.Module, hf_model: nn.Module) -> dict[str, Tensor]:
@@ -131,18 +160,24 @@ def export_blip2_to_transformers(
         model: our :class:`Blip2ForGeneration` (-> ``Blip2ForConditionalGeneration``) or
             :class:`Blip2Model` (-> ``Blip2ForImageTextRetrieval``).
         out_dir: the directory to write.
-        image_token_id: transformers' image token (generation only); default: the first id past
-            the tokenizer's vocabulary.
+        image_token_id: transformers' image token (generation only); default: the tokenizer's
+            ``<image>``, else the first id past the tokenizer's vocabulary.
 
     Returns:
         ``out_dir``.
+
+    Raises:
+        ValueError: the exported tokenizer's ``<image>`` cannot be ``image_token_index`` (the ids
+            named), or the LLM's embeddings have no row for it.
     """
     from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval
 
     kind = model_kind(model)
     out = Path(out_dir)
-    if kind == "generation" and image_token_id is None:
-        image_token_id = _image_token_id(model)
+    tokenizer = None
+    if kind == "generation":
+        image_token_id = _image_token_id(model, image_token_id)
+        tokenizer = _tokenizer_with_image_token(model.tokenizer, image_token_id)
     config = transformers_blip2_config(model, image_token_id)
     if config.vision_config.layer_norm_eps != model.image_encoder.ln_vision.eps:
         warnings.warn(
@@ -156,18 +191,22 @@ def export_blip2_to_transformers(
         hf_model = cls(config)
     hf_model.load_state_dict(transformers_state_dict(model, hf_model), strict=True, assign=True)
     hf_model.save_pretrained(out)
-    if kind == "generation":
-        tokenizer = copy.deepcopy(model.tokenizer)
-        if image_token_id == len(tokenizer):
-            tokenizer.add_tokens(["<image>"], special_tokens=True)
+    if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
 
 
-def export_transformers_blip2(our_dir_or_model: str | Path | nn.Module, output_dir: str | Path) -> Path:
+def export_transformers_blip2(
+    our_dir_or_model: str | Path | nn.Module, output_dir: str | Path, image_token_id: int | None = None
+) -> Path:
     """Export a :func:`~lightning_blip.weights.transformers_blip2.convert_transformers_blip2` directory
-    (or a model) with :func:`export_blip2_to_transformers`; returns ``output_dir``."""
+    (or a model) with :func:`export_blip2_to_transformers`; returns ``output_dir``.
+
+    ``image_token_id``: default, for a directory, the source's ``image_token_index`` it recorded.
+    """
     model = our_dir_or_model
     if not isinstance(model, nn.Module):
+        if image_token_id is None:
+            image_token_id = recorded_image_token_index(model)
         model = load_converted_blip2(model)
-    return export_blip2_to_transformers(model, output_dir)
+    return export_blip2_to_transformers(model, output_dir, image_token_id)

@@ -166,7 +166,7 @@ def _from_ours_blip2(cls: type[nn.Module], path: Path, config: Any, strict: bool
     held = "Blip2ForGeneration" if "llm" in json.loads((path / "config.json").read_text()) else "Blip2Model"
     if held != cls.__name__:
         raise ValueError(f"{path} holds a {held}, not a {cls.__name__}")
-    return load_converted_blip2(path)
+    return load_converted_blip2(path, strict)
 
 
 def _from_transformers_blip(cls: type[nn.Module], path: Path, config: Any, strict: bool) -> nn.Module:

@@ -35,8 +35,9 @@ search with a length penalty other than 0 can rank hypotheses differently: trans
 only the generated tokens ([SEP] included), BLIP's transformers 4.15 (and ours) the tokens before
 [SEP], prompt included.
 
-Layer-norm epsilon: transformers' BLIP vision configs say 1e-5; BLIP's ViT (and timm's) uses 1e-6,
-which our model keeps. Outputs differ slightly for that reason alone.
+Layer-norm epsilon: transformers' BLIP vision configs say 1e-5 (transformers' default, kept by the
+released configs), BLIP's ViT (and timm's) uses 1e-6; the converted config takes the source's value
+(``VisionConfig.layer_norm_eps``, every LayerNorm of the ViT).
 """
 
 from __future__ import annotations
@@ -120,6 +121,15 @@ IGNORED: tuple[str, ...] = (r"(?:text_encoder|text_decoder\.bert)\.embeddings\.p
 
 _VISION_MODEL_KEYS = ("embeddings.", "encoder.layers.", "post_layernorm.")
 
+WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+"""The weights of a ``save_pretrained`` directory, first found wins: a ``.index.json`` maps each key
+to its shard file (read like the unsharded file of its format)."""
+
 
 def checkpoint_kind(state: dict[str, Tensor]) -> str:
     """``"retrieval"``, ``"captioning"`` or ``"vision"`` from the keys of a transformers BLIP state dict."""
@@ -136,7 +146,8 @@ def checkpoint_kind(state: dict[str, Tensor]) -> str:
 
 def vision_config_from_transformers(v, model_name: str, **kw) -> VisionConfig:
     """Our :class:`VisionConfig` of a transformers BLIP / BLIP-2 vision config ``v``: timm's
-    ``model_name`` architecture with ``v``'s sizes (``kw``: more ``VisionConfig`` fields)."""
+    ``model_name`` architecture with ``v``'s sizes and LayerNorm epsilon (``kw``: more ``VisionConfig``
+    fields)."""
     timm_kwargs = {
         "embed_dim": v.hidden_size,
         "depth": v.num_hidden_layers,
@@ -144,7 +155,13 @@ def vision_config_from_transformers(v, model_name: str, **kw) -> VisionConfig:
         "patch_size": v.patch_size,
         "mlp_ratio": v.intermediate_size / v.hidden_size,
     }
-    return VisionConfig(model_name=model_name, image_size=v.image_size, timm_kwargs=timm_kwargs, **kw)
+    return VisionConfig(
+        model_name=model_name,
+        image_size=v.image_size,
+        layer_norm_eps=v.layer_norm_eps,
+        timm_kwargs=timm_kwargs,
+        **kw,
+    )
 
 
 def bert_fields_from_transformers(t) -> dict:
@@ -182,23 +199,24 @@ def transformers_vision_sizes(vit: nn.Module, image_size: int) -> dict:
 def read_transformers_state_dict(
     directory: str | Path, keep: Callable[[str], bool] | None = None
 ) -> dict[str, Tensor]:
-    """The state dict of a ``save_pretrained`` directory (safetensors, sharded or not, or a torch file).
+    """The state dict of a ``save_pretrained`` directory (safetensors or torch files, sharded or not).
 
-    ``keep``: only the names it accepts (from safetensors, only those tensors are read).
+    ``keep``: only the names it accepts (from safetensors, only those tensors are read; shards that
+    hold none of them are not opened).
     """
     directory = Path(directory)
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        shards = sorted({shard for name, shard in weight_map.items() if keep is None or keep(name)})
+    for name in WEIGHT_FILES:
+        if not (directory / name).is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return load_state_dict_file(directory / name, keep)
+        weight_map = json.loads((directory / name).read_text())["weight_map"]
+        shards = sorted({shard for key, shard in weight_map.items() if keep is None or keep(key)})
         state: dict[str, Tensor] = {}
         for shard in shards:
             state.update(load_state_dict_file(directory / shard, keep))
         return state
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return load_state_dict_file(directory / name, keep)
-    raise FileNotFoundError(f"no model.safetensors(.index.json) or pytorch_model.bin in {directory}")
+    raise FileNotFoundError(f"none of {', '.join(WEIGHT_FILES)} in {directory}")
 
 
 def read_source(

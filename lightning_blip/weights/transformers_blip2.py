@@ -12,8 +12,9 @@ Where transformers keeps what:
 
 - LAVIS's ``ln_vision`` is transformers' ``vision_model.post_layernorm``. Its epsilon is the
   vision config's ``layer_norm_eps`` (1e-6 by default), shared with every ViT block norm; LAVIS runs
-  ``ln_vision`` with 1e-5. Our config builder copies transformers' value into ``ln_vision_eps`` so
-  that the converted model computes what transformers computes, and says so in its notes.
+  ``ln_vision`` with 1e-5. Our config builder copies transformers' value into ``ln_vision_eps`` and
+  the ViT's ``layer_norm_eps`` so that the converted model computes what transformers computes, and
+  notes an ``ln_vision`` epsilon other than LAVIS's.
 - The EVA ViT's attention has a fused ``qkv`` weight without bias and separate ``q_bias`` /
   ``v_bias`` (no key bias) in LAVIS and timm's ``Eva``; transformers (and timm's plain ViT) hold one
   fused bias ``[q_bias, 0, v_bias]``. :func:`match_qkv_bias` converts between the two; a non-zero
@@ -47,7 +48,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import Blip2Config as HFBlip2Config
 
@@ -55,6 +56,7 @@ from lightning_blip.models.blip2 import Blip2Config, Blip2Model
 from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
 from lightning_blip.models.qformer import QFormerConfig
 from lightning_blip.weights.keymap import LoadReport, Rule, load_with_rules
+from lightning_blip.weights.pretrained import load_own_state
 from lightning_blip.weights.transformers_blip import (
     bert_fields_from_transformers,
     read_source,
@@ -68,7 +70,6 @@ _VB = r"vision_model\.encoder\.layers\.(\d+)\."
 VIT_ATTENTION = _VB + r"self_attn\."
 """transformers' ViT attention prefix (the ``q_bias`` / ``v_bias`` / ``qkv.bias`` owner)."""
 OUR_VIT_ATTENTION = r"image_encoder\.visual_encoder\.vit\.blocks\.\d+\.attn\."
-EVA_VIT_EPS = 1e-6  # the block LayerNorm epsilon of timm's ViTs and of LAVIS's EVA ViT-g
 
 
 def qformer_layer_rules(layer: str, attention: str) -> tuple[Rule, ...]:
@@ -236,7 +237,7 @@ def blip2_config_from_transformers(
     A ``Blip2ForConditionalGeneration`` gives a :class:`Blip2LLMConfig` whose ``llm`` is ``llm`` (a
     directory holding the language model, see :func:`write_llm_directory`); a
     ``Blip2ForImageTextRetrieval`` gives a :class:`Blip2Config`. The ViT is timm's ``Eva`` (BLIP-2's
-    EVA ViT-g layout) with the config's sizes, every block kept and no final norm.
+    EVA ViT-g layout) with the config's sizes and LayerNorm epsilon, every block kept and no final norm.
     """
     hf = read_transformers_blip2_config(directory)
     kind = checkpoint_kind(hf)
@@ -251,10 +252,6 @@ def blip2_config_from_transformers(
         initializer_range=q.initializer_range,
     )
     notes = []
-    if v.layer_norm_eps != EVA_VIT_EPS:
-        notes.append(
-            f"vision block layer_norm_eps: transformers {v.layer_norm_eps}, ours {EVA_VIT_EPS} (timm)"
-        )
     if v.layer_norm_eps != 1e-5:
         notes.append(f"ln_vision eps {v.layer_norm_eps} as transformers' post_layernorm; LAVIS uses 1e-5")
     if v.hidden_act != "gelu" or q.hidden_act != "gelu":
@@ -303,13 +300,15 @@ def convert_transformers_blip2(source_dir: str | Path, output_dir: str | Path, s
     """Write our BLIP-2 model for a transformers ``save_pretrained`` directory; returns ``output_dir``.
 
     ``output_dir`` gets ``config.json`` (our config as a dict), ``model.safetensors`` (every weight of
-    ours but the LLM's), ``conversion.json`` (``kind``, notes and the load report) and, for a
-    ``Blip2ForConditionalGeneration``, ``llm/`` (the language model and its tokenizer). Read it back
-    with :func:`load_converted_blip2`.
+    ours but the LLM's), ``conversion.json`` (``kind``, notes, the load report and, for a
+    ``Blip2ForConditionalGeneration``, its ``image_token_index``, which the export reuses) and, for
+    a ``Blip2ForConditionalGeneration``, ``llm/`` (the language model and its tokenizer). Read it
+    back with :func:`load_converted_blip2`.
     """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    kind = checkpoint_kind(read_transformers_blip2_config(source_dir))
+    hf_config = read_transformers_blip2_config(source_dir)
+    kind = checkpoint_kind(hf_config)
     state = read_transformers_state_dict(source_dir)
     llm = write_llm_directory(source_dir, state, output / "llm").resolve() if kind == "generation" else None
     config, notes = blip2_config_from_transformers(source_dir, llm)
@@ -323,8 +322,19 @@ def convert_transformers_blip2(source_dir: str | Path, output_dir: str | Path, s
         "notes": notes,
         **asdict(report),
     }
+    if kind == "generation":
+        summary["image_token_index"] = hf_config.image_token_index
     (output / "conversion.json").write_text(json.dumps(summary, indent=2))
     return output
+
+
+def recorded_image_token_index(directory: str | Path) -> int | None:
+    """The source's ``image_token_index`` that :func:`convert_transformers_blip2` kept in
+    ``directory``'s ``conversion.json``; None where there is none (another format, a file)."""
+    summary = Path(directory) / "conversion.json"
+    if not summary.is_file():
+        return None
+    return json.loads(summary.read_text()).get("image_token_index")
 
 
 def save_our_blip2(model: nn.Module, output: Path) -> None:
@@ -337,11 +347,25 @@ def save_our_blip2(model: nn.Module, output: Path) -> None:
     (output / "config.json").write_text(json.dumps(asdict(model.config), indent=2))
 
 
-def load_converted_blip2(directory: str | Path) -> Blip2Model | Blip2ForGeneration:
-    """Our model from a :func:`convert_transformers_blip2` directory (``llm/`` beside it, if any), in eval mode.
+def load_our_blip2(
+    model: nn.Module, source: str | Path | dict[str, Tensor], strict: bool = True
+) -> LoadReport:
+    """Load the weights :func:`save_our_blip2` writes (a file or a state dict) into our model (in place).
+
+    The LLM's weights (``llm.*``) are absent as expected: the model took them from ``config.llm``.
 
     Raises:
-        KeyError: ``model.safetensors`` lacks a weight of ours (the LLM's aside) or holds an unknown one.
+        KeyError: ``strict`` and keys are missing (beyond the LLM's) or unexpected (named).
+        ValueError: a shape differs (key and both shapes named).
+    """
+    state, name = read_source(source)
+    return load_own_state(model, state, ("llm.",), strict, name)
+
+
+def load_converted_blip2(directory: str | Path, strict: bool = True) -> Blip2Model | Blip2ForGeneration:
+    """Our model from a :func:`convert_transformers_blip2` directory (``llm/`` beside it, if any), in eval mode.
+
+    ``strict``: see :func:`load_our_blip2`.
     """
     directory = Path(directory)
     values = json.loads((directory / "config.json").read_text())
@@ -351,8 +375,5 @@ def load_converted_blip2(directory: str | Path) -> Blip2Model | Blip2ForGenerati
         model: nn.Module = Blip2ForGeneration(Blip2LLMConfig.from_dict(values))
     else:
         model = Blip2Model(Blip2Config.from_dict(values))
-    missing, unexpected = model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
-    missing = [k for k in missing if not k.startswith("llm.")]
-    if missing or unexpected:
-        raise KeyError(f"{directory}: missing keys {missing}, unexpected keys {unexpected}")
+    load_our_blip2(model, directory / "model.safetensors", strict)
     return model.eval()

@@ -24,7 +24,7 @@ from lightning_blip.models.small_llm import (
     train_word_tokenizer,
 )
 from lightning_blip.models.vision import VisionConfig
-from lightning_blip.weights.export_blip2 import export_transformers_blip2
+from lightning_blip.weights.export_blip2 import export_blip2_to_transformers, export_transformers_blip2
 from lightning_blip.weights.lavis_blip2 import load_lavis_blip2
 from lightning_blip.weights.transformers_blip2 import (
     blip2_config_from_transformers,
@@ -435,6 +435,55 @@ def test_export_of_a_converted_directory(pairs, tmp_path):
         assert torch.equal(again[key], value), key
 
 
+def test_a_tokenizer_holding_image_keeps_its_id_through_conversion_and_export(tmp_path):
+    """The released tokenizers hold ``<image>`` at ``image_token_index`` (one past the LLM's words):
+    the export keeps that id, so transformers puts the queries where its processor's ``<image>``
+    tokens are and the exported model computes the source's logits, which depend on the image."""
+    torch.manual_seed(SEEDS["opt"])
+    tokenizer = tokenizer_for("opt", train_word_tokenizer(DEFAULT_TEXTS))
+    config = hf_config("opt", tokenizer)
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    assert tokenizer.convert_tokens_to_ids("<image>") == config.image_token_index
+    hf = randomise(transformers.Blip2ForConditionalGeneration(config))
+    hf.save_pretrained(tmp_path / "src")
+    tokenizer.save_pretrained(tmp_path / "src")
+    ours_dir = convert_transformers_blip2(tmp_path / "src", tmp_path / "ours")
+    export_transformers_blip2(ours_dir, tmp_path / "from_dir")  # the recorded id
+    export_transformers_blip2(load_converted_blip2(ours_dir), tmp_path / "from_model")  # the tokenizer's
+    pixels = images(2)
+    for out in ("from_dir", "from_model"):
+        again = transformers.Blip2ForConditionalGeneration.from_pretrained(tmp_path / out).eval()
+        exported = transformers.AutoTokenizer.from_pretrained(tmp_path / out)
+        image = exported.convert_tokens_to_ids("<image>")
+        assert image == again.config.image_token_index == config.image_token_index
+        text = exported(["a photo of a", "what shape is"], padding="longest", return_tensors="pt")
+        ids = torch.cat([torch.full((2, Q), image), text.input_ids], dim=1)
+        mask = torch.cat([torch.ones(2, Q, dtype=torch.long), text.attention_mask], dim=1)
+        got = lm_logits(again, ids, mask, pixels, True)
+        # rtol: these logits reach ~8, where the dropped ViT key bias changes fp32 rounding by 1.2e-5
+        torch.testing.assert_close(got, lm_logits(hf, ids, mask, pixels, True), atol=ATOL, rtol=ATOL)
+        assert (lm_logits(again, ids, mask, pixels.flip(0), True) - got).abs().amax() > 0.1
+    recorded = json.loads((ours_dir / "conversion.json").read_text())["image_token_index"]
+    assert recorded == config.image_token_index
+
+
+def test_an_image_token_the_tokenizer_cannot_hold_is_refused_before_writing(pairs, tmp_path):
+    """The source's ``image_token_index`` is reused; a tokenizer ``<image>`` at another id is an error."""
+    hf, source, ours, _ = pairs["opt"]
+    spare = len(ours.tokenizer) + 1  # an embedding row, but not where a new <image> would go
+    with pytest.raises(ValueError, match=f"<image> would be id {spare - 1} but image_token_index is {spare}"):
+        export_blip2_to_transformers(ours, tmp_path / "asked", image_token_id=spare)
+    values = json.loads((source / "config.json").read_text())
+    values["image_token_index"] = spare
+    hf.save_pretrained(tmp_path / "src")
+    (tmp_path / "src" / "config.json").write_text(json.dumps(values))
+    ours.tokenizer.save_pretrained(tmp_path / "src")
+    converted = convert_transformers_blip2(tmp_path / "src", tmp_path / "ours")
+    with pytest.raises(ValueError, match=f"image_token_index is {spare}"):
+        export_transformers_blip2(converted, tmp_path / "recorded")
+    assert not (tmp_path / "asked").exists() and not (tmp_path / "recorded").exists()
+
+
 # --- errors and layouts -----------------------------------------------------------------------------
 
 
@@ -456,6 +505,25 @@ def test_missing_and_unexpected_keys_are_named(pairs):
     assert report.missing == ["qformer.embeddings.norm.bias"] and report.unexpected == ["bogus.weight"]
 
 
+def test_our_directory_with_a_key_missing_loads_only_when_not_strict(pairs, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, source, ours, _ = pairs["opt"]
+    converted = convert_transformers_blip2(source, tmp_path / "ours")
+    weights = load_file(converted / "model.safetensors")
+    del weights["llm_proj.bias"]
+    save_file(weights, converted / "model.safetensors")
+    with pytest.raises(KeyError, match=r"missing keys \['llm_proj\.bias'\]"):
+        Blip2ForGeneration.from_pretrained(converted)
+    loaded = Blip2ForGeneration.from_pretrained(converted, strict=False)
+    assert torch.equal(loaded.llm_proj.weight, ours.llm_proj.weight)
+    from lightning_blip.weights.transformers_blip2 import load_our_blip2
+
+    report = load_our_blip2(Blip2ForGeneration(loaded.config), converted / "model.safetensors", strict=False)
+    assert report.missing == ["llm_proj.bias"] and report.unexpected == []
+    assert report.missing_expected and all(k.startswith("llm.") for k in report.missing_expected)
+
+
 def test_qkv_bias_split_and_fuse_round_trip():
     prefix = r"blocks\.\d+\.attn\."
     q, k, v = torch.randn(3, 8).unbind()
@@ -466,16 +534,16 @@ def test_qkv_bias_split_and_fuse_round_trip():
     assert torch.equal(fused, torch.cat([q, torch.zeros(8), v]))  # no key bias: EVA has none
 
 
-def test_config_notes_eps_and_builds_the_sizes(tmp_path):
+def test_config_takes_the_vision_eps_and_builds_the_sizes(tmp_path):
     config = hf_config("retrieval")
     config.vision_config.layer_norm_eps = 1e-5
     transformers.Blip2ForImageTextRetrieval(config).save_pretrained(tmp_path)
     ours, notes = blip2_config_from_transformers(tmp_path)
-    assert [n.split(":")[0].split(" eps")[0] for n in notes] == ["vision block layer_norm_eps"]
+    assert notes == []  # the blocks and ln_vision take transformers' eps; 1e-5 is also LAVIS's ln_vision
     model = Blip2Model(ours)
-    assert (
-        model.image_encoder.ln_vision.eps == 1e-5 and len(model.image_encoder.visual_encoder.vit.blocks) == 2
-    )
+    vit = model.image_encoder.visual_encoder.vit
+    assert model.image_encoder.ln_vision.eps == 1e-5 and len(vit.blocks) == 2
+    assert {m.eps for m in vit.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
     assert model.image_encoder.visual_encoder.vit.blocks[0].mlp.fc1.out_features == 96
     assert (ours.qformer.num_query_tokens, ours.embed_dim, ours.qformer.text) == (Q, 16, True)
     generation = hf_config("opt", tokenizer_for("opt", train_word_tokenizer(DEFAULT_TEXTS)))
@@ -485,6 +553,7 @@ def test_config_notes_eps_and_builds_the_sizes(tmp_path):
         blip2_config_from_transformers(tmp_path / "g")
     ours, _ = blip2_config_from_transformers(tmp_path / "g", llm="/llm")
     assert (ours.llm, ours.llm_kind, ours.qformer.text, ours.ln_vision_eps) == ("/llm", "causal", False, 1e-6)
+    assert ours.vision.layer_norm_eps == 1e-6
 
 
 def test_export_warns_when_ln_vision_eps_differs_from_the_blocks(pairs, tmp_path):

@@ -7,6 +7,7 @@ Tiny random transformers models are saved with ``save_pretrained`` and loaded th
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -25,8 +26,9 @@ ATOL = 1e-5
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny passes: one thread is faster on 2 cores
 
 
-def hf_config() -> transformers.BlipConfig:
-    """Matches :func:`our_config`; vision eps 1e-6 as BLIP's ViT (transformers' default is 1e-5)."""
+def hf_config(vision_eps: float | None = 1e-6) -> transformers.BlipConfig:
+    """Matches :func:`our_model`; vision eps 1e-6 as BLIP's ViT, or None: transformers' default (1e-5,
+    as the released BLIP configs)."""
     vision = {
         "image_size": 32,
         "patch_size": 8,
@@ -34,8 +36,9 @@ def hf_config() -> transformers.BlipConfig:
         "hidden_size": 48,
         "intermediate_size": 192,
         "num_attention_heads": 4,
-        "layer_norm_eps": 1e-6,
     }
+    if vision_eps is not None:
+        vision["layer_norm_eps"] = vision_eps
     text = {
         "num_hidden_layers": 2,
         "hidden_size": 64,
@@ -47,8 +50,9 @@ def hf_config() -> transformers.BlipConfig:
     return transformers.BlipConfig(vision_config=vision, text_config=text, image_text_hidden_size=32)
 
 
-def our_model() -> BlipModel:
-    model = BlipModel(BlipConfig(vision=tiny_vision(), text=tiny_text(), embed_dim=32))
+def our_model(config: BlipConfig | None = None) -> BlipModel:
+    """Default: :func:`hf_config`'s sizes with BLIP's vision eps."""
+    model = BlipModel(config or BlipConfig(vision=tiny_vision(), text=tiny_text(), embed_dim=32))
     with torch.no_grad():  # so that a weight left unloaded cannot go unnoticed
         for p in model.parameters():
             p.fill_(0.5)
@@ -77,11 +81,15 @@ def retrieval_pair(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def caption_pair(tmp_path_factory):
+    """transformers' default vision eps (1e-5): our config takes it from config.json."""
+    from lightning_blip.weights.convert import blip_config_from_transformers
+
     torch.manual_seed(2)
-    hf = randomise(transformers.BlipForConditionalGeneration(hf_config()))
+    hf = randomise(transformers.BlipForConditionalGeneration(hf_config(vision_eps=None)))
+    assert hf.config.vision_config.layer_norm_eps == 1e-5
     path = tmp_path_factory.mktemp("caption")
     hf.save_pretrained(path)
-    ours = our_model()
+    ours = our_model(blip_config_from_transformers(path)[0])
     report = load_transformers_blip(ours, path)
     return hf, ours, report, path
 
@@ -153,6 +161,29 @@ def assert_same_lm_logits(ours: BlipModel, hf_captioner) -> None:
 def test_lm_logits_match(caption_pair):
     hf, ours, *_ = caption_pair
     assert_same_lm_logits(ours, hf)
+
+
+def test_image_embeddings_match_with_transformers_default_vision_eps(caption_pair):
+    hf, ours, *_ = caption_pair
+    pixels = images()
+    expected = hf.vision_model(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(ours.forward_image(pixels), expected, atol=ATOL, rtol=0)
+
+
+def test_export_keeps_the_vision_eps_of_the_source(caption_pair, tmp_path):
+    from lightning_blip.weights.export_blip import export_transformers_blip
+
+    hf, ours, *_ = caption_pair
+    export_transformers_blip(ours, tmp_path, "captioning")
+    again = transformers.BlipForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert again.config.vision_config.layer_norm_eps == 1e-5
+    pixels = images()
+    torch.testing.assert_close(
+        again.vision_model(pixel_values=pixels).last_hidden_state,
+        hf.vision_model(pixel_values=pixels).last_hidden_state,
+        atol=ATOL,
+        rtol=0,
+    )
 
 
 def until_sep(ids: torch.Tensor, width: int, sep: int = 102, pad: int = 0) -> torch.Tensor:
@@ -231,18 +262,41 @@ def test_convert_command_writes_a_model_that_matches(retrieval_pair, caption_pai
     assert_same_lm_logits(model, caption_pair[0])
 
 
-def test_config_from_transformers_notes_vision_eps(tmp_path):
+def test_config_from_transformers_keeps_the_vision_eps(tmp_path):
     from lightning_blip.weights.convert import blip_config_from_transformers
 
-    hf = hf_config()
-    hf.vision_config.layer_norm_eps = 1e-5  # transformers' default, not BLIP's
-    hf.save_pretrained(tmp_path)
+    hf_config(vision_eps=None).save_pretrained(tmp_path)  # transformers' default 1e-5, not BLIP's
     config, notes = blip_config_from_transformers(tmp_path)
-    assert [n.split(":")[0] for n in notes] == ["vision layer_norm_eps"]
+    assert notes == [] and config.vision.layer_norm_eps == 1e-5
     model = BlipModel(config)
+    norms = [m for m in model.visual_encoder.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1 and {m.eps for m in norms} == {1e-5}  # blocks and the final norm
+    saved = asdict(config)
+    del saved["vision"]["layer_norm_eps"]  # a config written before the field: timm's (BLIP's) 1e-6
+    old = BlipModel(BlipConfig.from_dict(saved))
+    assert {m.eps for m in old.visual_encoder.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
     assert (model.visual_encoder.width, len(model.visual_encoder.vit.blocks)) == (48, 2)
     assert model.visual_encoder.vit.blocks[0].mlp.fc1.out_features == 192
     assert (config.text.hidden_size, config.text.num_layers, config.embed_dim) == (64, 2, 32)
+
+
+def test_a_directory_of_sharded_torch_files_loads(caption_pair, tmp_path):
+    """``pytorch_model.bin.index.json`` + ``pytorch_model-0000N-of-00002.bin``, as older transformers wrote."""
+    hf, ours, report, _ = caption_pair
+    state = hf.state_dict()
+    keys = list(state)
+    weight_map = {}
+    for n, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :]), 1):
+        shard = f"pytorch_model-0000{n}-of-00002.bin"
+        torch.save({k: state[k].contiguous() for k in part}, tmp_path / shard)
+        weight_map |= dict.fromkeys(part, shard)
+    (tmp_path / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    hf.config.save_pretrained(tmp_path)
+    loaded = BlipModel.from_pretrained(tmp_path).state_dict()
+    for key in report.loaded:
+        assert torch.equal(loaded[key], ours.state_dict()[key]), key
 
 
 def test_from_pretrained_reads_the_transformers_directories(retrieval_pair, caption_pair):
