@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -60,3 +61,35 @@ def test_cosine_without_warmup_is_built_before_the_length_is_known():
     s = WarmupCosineLR(_opt(1e-4), warmup_steps=0)  # an lr is computed at construction
     s.set_training_length(total_steps=4, steps_per_epoch=4)
     assert _lrs(s, 5) == pytest.approx([1e-4 * 0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(5)])
+
+
+def test_a_per_epoch_schedule_counts_the_last_partial_accumulation_window(tmp_path):
+    """10 batches, 3 per step: Lightning steps 4 times an epoch (the last window has one batch), and
+    the learning rate changes exactly when the epoch does."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_blip.tasks.base import BlipTask
+
+    class Task(BlipTask):
+        def __init__(self, **kw) -> None:
+            super().__init__(**kw)
+            self.linear, self.seen = torch.nn.Linear(2, 1), []
+
+        def training_step(self, batch, batch_idx):
+            return self.linear(batch[0]).pow(2).mean()
+
+        def on_before_optimizer_step(self, optimizer) -> None:
+            self.seen.append((self.current_epoch, optimizer.param_groups[0]["lr"]))
+
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(torch.randn(10, 2)), batch_size=1)
+
+    schedule = partial(WarmupStepDecayLR, warmup_steps=1, warmup_start_lr=1.0, decay_rate=0.5, min_lr=1e-6)
+    task = Task(optimizer=partial(torch.optim.SGD, lr=1.0), lr_scheduler=schedule)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, accumulate_grad_batches=3, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(task)
+    assert task.steps_per_epoch() == 4 == trainer.global_step // 3
+    assert task.seen == [(epoch, 0.5**epoch) for epoch in range(3) for _ in range(4)]

@@ -96,5 +96,3 @@ class CaptionDataModule(ImageTextDataModule):
 
     def eval_collate_fn(self) -> Callable[[Sequence[dict[str, Any] | None]], dict[str, Any]]:
         return collate_caption_eval
-
-    shard_evaluation = True  # the caption metrics gather and drop the padding repeats by image id

@@ -210,10 +210,11 @@ class ImageTextDataModule(L.LightningDataModule):
         """Batches validation/test/predict items (subclasses with another evaluation layout override it)."""
         return self.collator
 
-    shard_evaluation: bool = False
+    shard_evaluation: bool = True
     """Each rank evaluates its share of the items even with ``use_distributed_sampler: false``
-    (which the recipes set for the resumable training sampler). For subclasses whose evaluation
-    gathers results and drops the repeats that pad the last share (by item id)."""
+    (which the recipes set for the resumable training sampler), rather than every rank the whole
+    set. The evaluations gather their results and drop the repeats that pad the last share (by item
+    index); a held-out LM loss over pairs counts those few repeats (fewer than the number of ranks)."""
 
     def eval_sampler(self, dataset: Dataset) -> Sampler | None:
         """Sampler of the evaluation loaders: with :attr:`shard_evaluation`, a ``DistributedSampler``

@@ -128,5 +128,3 @@ class RetrievalDataModule(ImageTextDataModule):
 
     def eval_collate_fn(self) -> RetrievalCollator:
         return RetrievalCollator(self.tokenizer, self.collator.max_length)
-
-    shard_evaluation = True  # the re-ranking gathers the features and drops the padding repeats

@@ -370,8 +370,6 @@ class VQADataModule(ImageTextDataModule):
         vg_weight: weight of a Visual Genome answer (BLIP: 0.2).
     """
 
-    shard_evaluation = True  # VQAAccuracy gathers and drops the padding repeats by item index
-
     def __init__(
         self,
         train_questions: Paths = None,

@@ -72,6 +72,19 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     return x
 
 
+def global_token_mean(total: Tensor, count: Tensor) -> Tensor:
+    """This rank's loss sum over the tokens of every rank, times the world size: with DDP's gradient
+    averaging, the gradient of the mean over the global batch's tokens. An all-reduce: every rank
+    calls it, one without tokens with ``total = count = 0``."""
+    return total * rank_and_world()[1] / all_reduce_sum(count).clamp(min=1)
+
+
+def no_tokens(device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(total, count)`` of a rank without tokens, for :func:`global_token_mean`."""
+    count = torch.zeros((), dtype=torch.long, device=device)
+    return count.float(), count
+
+
 def all_gather_padded(ids: Tensor, mask: Tensor, pad_id: int = 0) -> tuple[Tensor, Tensor]:
     """Gather token ids and masks ``(B, L_rank)`` whose length differs per rank -> ``(W * B, L_max)``."""
     _, world = rank_and_world()
@@ -108,3 +121,26 @@ def all_gather_rows(x: Tensor) -> Tensor:
     padded[: x.shape[0]] = x.detach()
     gathered = all_gather_no_grad(padded).unflatten(0, (world, max(sizes)))
     return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
+
+
+def all_gather_row_dicts(local: dict[str, Tensor] | None, device: torch.device) -> dict[str, Tensor] | None:
+    """Every rank's ``{name: (B_rank, ...)}`` concatenated along dim 0 in rank order (no gradient).
+
+    ``B_rank`` may differ and may be 0: a rank with no rows passes ``None`` and takes the trailing
+    shapes and dtypes from the others. Returns ``None`` when no rank has any.
+    """
+    _, world = rank_and_world()
+    if world == 1:
+        return local
+    specs: list = [None] * world
+    dist.all_gather_object(
+        specs, None if local is None else {k: (v.shape[1:], v.dtype) for k, v in local.items()}
+    )
+    spec = next((s for s in specs if s is not None), None)
+    if spec is None:
+        return None
+    if local is None:
+        local = {
+            k: torch.zeros((0, *shape), dtype=dtype, device=device) for k, (shape, dtype) in spec.items()
+        }
+    return {k: all_gather_rows(local[k]) for k in spec}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from typing import Any
 
@@ -75,7 +76,9 @@ class BlipTask(L.LightningModule):
         batches = trainer.num_training_batches
         if batches == float("inf"):  # an iterable data set without a length
             return 1
-        return max(1, int(batches) // trainer.accumulate_grad_batches)
+        return max(
+            1, math.ceil(int(batches) / trainer.accumulate_grad_batches)
+        )  # a last, partial window steps
 
     def on_fit_start(self) -> None:
         if self.base_seed is None:
@@ -101,6 +104,12 @@ class BlipTask(L.LightningModule):
             skipped = torch.tensor(float(batch["num_skipped"]), device=self.device)
             self.skipped_samples += int(self.trainer.strategy.reduce(skipped, reduce_op="sum").item())
             self.log("data/skipped_samples", float(self.skipped_samples), batch_size=1)
+
+    def log_token_mean(self, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
+        """Log ``total / count`` weighted by ``count``: the epoch value, synced over ranks, is the mean
+        over every token. A rank with no token (an empty batch) logs it with weight 0: every rank must
+        log the name, or the epoch-end sync waits for it."""
+        self.log(name, total / count.clamp(min=1), sync_dist=True, batch_size=int(count))
 
     def any_rank(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank (a collective: every rank must call it)."""

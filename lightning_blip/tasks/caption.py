@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_blip.losses.gather import all_reduce_sum, rank_and_world
+from lightning_blip.losses.gather import global_token_mean, no_tokens
 from lightning_blip.metrics.caption_tokenizer import Backend
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.tokenizer import build_tokenizer
@@ -94,18 +94,24 @@ class CaptionFinetune(CaptionEval, BlipTask):
         ).to(self.device)
         return text.input_ids, text.attention_mask
 
-    def caption_loss(self, images: Tensor, captions: list[str]) -> Tensor:
-        """Mean LM loss over the scored tokens of every rank's batch (times W, see the class)."""
+    def caption_loss_sum(self, images: Tensor, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """``(sum, count)`` of the LM loss over the batch's scored tokens; zeros for an empty batch
+        (every image unreadable)."""
+        if not captions:
+            return no_tokens(self.device)
         input_ids, attention_mask = self.tokenize(captions)
-        image_embeds = self.model(images)
-        total, count = self.model.lm_loss(
+        return self.model.lm_loss(
             input_ids,
             attention_mask,
-            image_embeds,
+            self.model(images),
             prompt_length=self.prompt_length,
             label_smoothing=self.label_smoothing,
         )
-        return total * rank_and_world()[1] / all_reduce_sum(count).clamp(min=1)
+
+    def caption_loss(self, images: Tensor, captions: list[str]) -> Tensor:
+        """Mean LM loss over the scored tokens of every rank's batch (times W, see the class); every
+        rank must call it (the token count is summed over ranks)."""
+        return global_token_mean(*self.caption_loss_sum(images, captions))
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.caption_loss(batch["image"], batch["caption"])
@@ -119,9 +125,8 @@ class CaptionFinetune(CaptionEval, BlipTask):
         return self.model.generate(images, self.tokenizer, self.prompt, **self.generate_kwargs)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if self.caption_eval_step(batch) is None and batch["caption"]:  # pairs: the held-out loss
-            loss = self.caption_loss(batch["image"], batch["caption"])
-            self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["caption"]))
+        if self.caption_eval_step(batch) is None:  # pairs: the held-out loss
+            self.log_token_mean("val/loss", *self.caption_loss_sum(batch["image"], batch["caption"]))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.caption_eval_step(batch)

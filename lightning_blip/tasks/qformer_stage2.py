@@ -7,7 +7,7 @@ from dataclasses import asdict
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_blip.losses.gather import all_reduce_sum
+from lightning_blip.losses.gather import global_token_mean, no_tokens
 from lightning_blip.metrics.caption_tokenizer import Backend
 from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
 from lightning_blip.tasks.base import BlipTask, default_optimizer
@@ -93,12 +93,15 @@ class QFormerStage2(CaptionEval, BlipTask):
         config = self.model.config
         return {MODEL + "llm.": config.llm, MODEL + "image_encoder.visual_encoder.": asdict(config.vision)}
 
-    def _loss(self, batch: dict) -> Tensor:
-        total, count = self.model(batch["image"], batch["caption"], reduction="sum")
-        return total * self.trainer.world_size / all_reduce_sum(count).clamp(min=1)
+    def _loss_sum(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """``(sum, count)`` of the LM loss over the batch's caption tokens; zeros for an empty batch
+        (every image unreadable)."""
+        if not batch["caption"]:
+            return no_tokens(self.device)
+        return self.model(batch["image"], batch["caption"], reduction="sum")
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss = self._loss(batch)
+        loss = global_token_mean(*self._loss_sum(batch))
         # each rank's loss is W x its share of the global mean, so their mean over ranks is that mean
         self.log("train/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["caption"]))
         self.log_skipped(batch)
@@ -106,7 +109,7 @@ class QFormerStage2(CaptionEval, BlipTask):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if "caption" in batch:
-            self.log("val/loss", self._loss(batch), sync_dist=True, batch_size=len(batch["caption"]))
+            self.log_token_mean("val/loss", *self._loss_sum(batch))
         self.caption_eval_step(batch)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
