@@ -24,6 +24,7 @@ from lightning_blip.capfilt.plan import Source, input_files, make_plan
 from lightning_blip.capfilt.progress import ImagesPerSecondBar
 from lightning_blip.capfilt.task import CapFiltTask
 from lightning_blip.capfilt.writer import CapFiltWriter, is_done, write_human_chunk, write_summary
+from lightning_blip.checks import check_config
 from lightning_blip.models.blip import BlipModel
 
 SETTINGS_FILE = "capfilt.json"
@@ -84,8 +85,8 @@ def capfilt(
         raise ValueError(f"trainer: unknown lightning.Trainer argument(s) {unknown}")
     for name, value, least in (("image_size", image_size, 1), ("shard_size", shard_size, 1),
                                ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):  # fmt: skip
-        if value < least:  # before capfilt.json records the settings, so a corrected rerun may start
-            raise ValueError(f"{name} must be >= {least}, got {value}")
+        # before capfilt.json records the settings, so a corrected rerun may start
+        check_config(name, value >= least, f">= {least}", value)
     out = Path(output_dir)
     settings = {
         "captioner": captioner,

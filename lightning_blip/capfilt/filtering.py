@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_blip.checks import check_config
 from lightning_blip.data.text import pre_caption
 from lightning_blip.layers.attention import index_kv
 from lightning_blip.models.blip import BlipModel
@@ -43,12 +44,14 @@ class CaptionSettings:
     repetition_penalty: float = 1.1
 
     def __post_init__(self) -> None:
-        _require(self.num_captions >= 1, "captioning.num_captions", self.num_captions, ">= 1")
-        _require(0 < self.top_p <= 1, "captioning.top_p", self.top_p, "in (0, 1]")
-        _require(self.top_k >= 0, "captioning.top_k", self.top_k, ">= 0 (0: off)")
-        _require(1 <= self.min_length <= self.max_length, "captioning.min_length", self.min_length,
-                 f"in [1, max_length={self.max_length}]")  # fmt: skip
-        _require(self.repetition_penalty > 0, "captioning.repetition_penalty", self.repetition_penalty, "> 0")
+        check_config("captioning.num_captions", self.num_captions >= 1, ">= 1", self.num_captions)
+        check_config("captioning.top_p", 0 < self.top_p <= 1, "in (0, 1]", self.top_p)
+        check_config("captioning.top_k", self.top_k >= 0, ">= 0 (0: off)", self.top_k)
+        check_config("captioning.min_length", 1 <= self.min_length <= self.max_length,
+                     f"in [1, max_length={self.max_length}]", self.min_length)  # fmt: skip
+        check_config(
+            "captioning.repetition_penalty", self.repetition_penalty > 0, "> 0", self.repetition_penalty
+        )
 
 
 @dataclass(frozen=True)
@@ -69,17 +72,11 @@ class FilterSettings:
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
-            _require(0 <= self.threshold <= 1, "filtering.threshold", self.threshold,
-                     "a probability in [0, 1], or null")  # fmt: skip
+            check_config("filtering.threshold", 0 <= self.threshold <= 1, "a probability in [0, 1], or null",
+                         self.threshold)  # fmt: skip
         if self.top_n is not None:
-            _require(self.top_n >= 1, "filtering.top_n", self.top_n, ">= 1, or null")
-        _require(self.max_words >= 1, "filtering.max_words", self.max_words, ">= 1")
-
-
-def _require(ok: bool, field: str, value, expected: str) -> None:
-    """A setting out of range fails when it is given, before any model loads or any output is written."""
-    if not ok:
-        raise ValueError(f"{field} must be {expected}, got {value!r}")
+            check_config("filtering.top_n", self.top_n >= 1, ">= 1, or null", self.top_n)
+        check_config("filtering.max_words", self.max_words >= 1, ">= 1", self.max_words)
 
 
 @torch.no_grad()

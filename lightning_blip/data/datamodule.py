@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from lightning_blip.checks import check_config
 from lightning_blip.data.annotations import ImageTextRecord, read_annotations
 from lightning_blip.data.collate import ImageTextCollator
 from lightning_blip.data.dataset import ImageTextDataset
@@ -17,12 +18,6 @@ from lightning_blip.data.transforms import eval_transform, train_transform
 from lightning_blip.models.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-def check_config(field: str, ok: bool, rule: str, value: Any) -> None:
-    """Raise ``ValueError`` naming ``field`` unless ``ok`` (``rule`` says what it must be)."""
-    if not ok:
-        raise ValueError(f"{field} must be {rule}, got {value!r}")
 
 
 def check_folder(field: str, path: str | Path) -> None:

@@ -29,19 +29,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-# BLIP's RandomAugment (salesforce/BLIP data/__init__.py): its op list, levels out of 10, grey fill
-RANDOM_AUGMENT_OPS = (
-    "Identity",
-    "AutoContrast",
-    "Brightness",
-    "Sharpness",
-    "Equalize",
-    "ShearX",
-    "ShearY",
-    "TranslateX",
-    "TranslateY",
-    "Rotate",
-)
+# BLIP's RandomAugment (salesforce/BLIP data/__init__.py): levels out of 10, grey fill
 MAX_LEVEL = 10
 FILL = 128
 
@@ -61,9 +49,9 @@ def _affine(image: Image.Image, inverse: tuple[float, ...]) -> Image.Image:
 _OPS: dict[str, Callable[[Image.Image, float, int], Image.Image]] = {
     "Identity": lambda image, level, sign: image,
     "AutoContrast": lambda image, level, sign: ImageOps.autocontrast(image),
-    "Equalize": lambda image, level, sign: ImageOps.equalize(image),
     "Brightness": lambda image, level, sign: ImageEnhance.Brightness(image).enhance(level * 1.8 + 0.1),
     "Sharpness": lambda image, level, sign: ImageEnhance.Sharpness(image).enhance(level * 1.8 + 0.1),
+    "Equalize": lambda image, level, sign: ImageOps.equalize(image),
     "ShearX": lambda image, level, sign: _affine(image, (1, -sign * level * 0.3, 0, 0, 1, 0)),
     "ShearY": lambda image, level, sign: _affine(image, (1, 0, 0, -sign * level * 0.3, 1, 0)),
     "TranslateX": lambda image, level, sign: _affine(image, (1, 0, -sign * level * 10, 0, 1, 0)),
@@ -72,6 +60,7 @@ _OPS: dict[str, Callable[[Image.Image, float, int], Image.Image]] = {
         sign * level * 30, Image.Resampling.BILINEAR, fillcolor=_grey(image)
     ),
 }
+RANDOM_AUGMENT_OPS = tuple(_OPS)  # BLIP's list, in its order
 SIGNED_OPS = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"})
 
 

@@ -23,13 +23,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from lightning_blip.checks import check_config
 from lightning_blip.data.annotations import (
     check_annotation_file,
     json_lines,
     parse_records,
     read_json,
 )
-from lightning_blip.data.datamodule import ImageTextDataModule, check_config
+from lightning_blip.data.datamodule import ImageTextDataModule
 from lightning_blip.data.dataset import SkippingImageDataset
 from lightning_blip.data.text import pre_question
 from lightning_blip.data.transforms import eval_transform, train_transform
