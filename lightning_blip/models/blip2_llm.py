@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.activations import ACT2FN
 
 from lightning_blip.losses.lm import IGNORE_INDEX
 from lightning_blip.models.blip2 import DTYPES, FrozenAwareImageEncoder, eva_vit_g
@@ -77,6 +78,17 @@ class Blip2LLMConfig:
         stage1_checkpoint: a stage-1 weights file (:class:`~lightning_blip.models.blip2.Blip2Model`
             keys, possibly prefixed) loaded into ``ln_vision`` and the Q-Former at construction.
         ln_vision_eps: epsilon of ``ln_vision`` (LAVIS: 1e-5; transformers: its vision config's).
+        score_bos: LAVIS's rule (``blip2_opt.py`` masks BOS + prompt only ``if self.prompt``): with an
+            empty prompt, a decoder-only LLM's BOS is a target of the caption loss, so the last query
+            position is trained to predict it. False: BOS is never scored. With a prompt, BOS and the
+            prompt are never scored.
+        stop_at_eos: decoder-only LLMs whose newline is one token stop generating at that newline
+            alone, as LAVIS (its ``eos_token_id`` is the newline's id); True stops at the LLM's EOS
+            too. Other decoder-only LLMs and encoder-decoders stop at EOS.
+        llm_dense_act_fn: the ``dense_act_fn`` (a transformers activation name) set on a T5 LLM's
+            config before it is built; None keeps the config as shipped (FlanT5: ``gelu_new``, the
+            tanh approximation). LAVIS trains FlanT5 with ``"gelu"`` (exact); a LAVIS file whose LLM
+            is a T5 is loaded with ``"gelu"`` unless this is set.
     """
 
     vision: VisionConfig = field(default_factory=eva_vit_g)
@@ -90,11 +102,18 @@ class Blip2LLMConfig:
     max_text_length: int = 32
     stage1_checkpoint: str | None = None
     ln_vision_eps: float = 1e-5
+    score_bos: bool = True
+    stop_at_eos: bool = False
+    llm_dense_act_fn: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("llm_dtype", "frozen_vision_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
+        if self.llm_dense_act_fn is not None and self.llm_dense_act_fn not in ACT2FN:
+            raise ValueError(
+                f"llm_dense_act_fn must be None or a transformers activation name, got {self.llm_dense_act_fn!r}"
+            )
         if self.llm_kind not in ("auto", "causal", "seq2seq"):
             raise ValueError(f"llm_kind must be auto, causal or seq2seq, got {self.llm_kind!r}")
 
@@ -348,7 +367,7 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
         # the context (BOS + prompt [+ text]) is assumed to tokenise to a prefix of the full text's tokens
         if text_output is None:
             full = [join_prompt(prompt, t) + "\n" for t in text]
-            context_lengths: Tensor | int = self._prompt_length
+            context_lengths: Tensor | int = 0 if self.config.score_bos and not prompt else self._prompt_length
         else:
             contexts = [join_prompt(prompt, t) for t in text]
             full = [join_prompt(c, t) + "\n" for c, t in zip(contexts, text_output)]
@@ -373,7 +392,8 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
 
     # generation -----------------------------------------------------------------------------------
     def _stop_ids(self) -> list[int]:
-        """The LLM's EOS ids, plus the newline token of decoder-only LLMs when it is a single token."""
+        """Decoder-only LLMs: the newline token when it is a single token (plus the LLM's EOS ids if
+        ``config.stop_at_eos``); otherwise the LLM's EOS ids."""
         eos = self.llm.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -383,7 +403,7 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
             without = self.tokenizer("a", add_special_tokens=False).input_ids
             with_newline = self.tokenizer("a\n", add_special_tokens=False).input_ids
             if len(with_newline) == len(without) + 1 and with_newline[: len(without)] == without:
-                ids.append(with_newline[-1])
+                return [*(ids if self.config.stop_at_eos else []), with_newline[-1]]
         return ids
 
     @torch.no_grad()
@@ -560,6 +580,14 @@ def _load_llm(config: Blip2LLMConfig) -> tuple[PreTrainedModel, PreTrainedTokeni
     blip2 = llm_config.model_type == "blip-2"  # a transformers BLIP-2 directory: its language_model
     if blip2:
         llm_config = llm_config.text_config
+    if config.llm_dense_act_fn is not None:
+        if not hasattr(llm_config, "dense_act_fn"):
+            raise ValueError(
+                f"llm_dense_act_fn={config.llm_dense_act_fn!r}: llm={config.llm!r} is a "
+                f"{llm_config.model_type!r} model, whose config has no dense_act_fn (T5 models have)"
+            )
+        # T5's is_gated_act and feed_forward_proj stay: LAVIS sets dense_act_fn alone on FlanT5's config
+        llm_config.dense_act_fn = config.llm_dense_act_fn
     seq2seq = llm_config.is_encoder_decoder if config.llm_kind == "auto" else config.llm_kind == "seq2seq"
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     dtype = {"dtype": torch.float32}  # transformers 5 would otherwise load in the checkpoint's dtype

@@ -148,6 +148,7 @@ def tiny_llm_config(
             num_layers=num_layers,
             num_heads=num_heads,
             relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",  # FlanT5's (T5 v1.1) FFN; transformers runs it with gelu_new
             decoder_start_token_id=tokenizer.pad_token_id,  # T5's convention
             **ids,
         )

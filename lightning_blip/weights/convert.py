@@ -33,7 +33,7 @@ from lightning_blip.models.med import MEDConfig
 from lightning_blip.weights.export_blip import TRANSFORMERS_CLASSES, export_ours_dir
 from lightning_blip.weights.export_blip2 import export_transformers_blip2
 from lightning_blip.weights.keymap import LoadReport
-from lightning_blip.weights.lavis_blip2 import load_lavis_blip2
+from lightning_blip.weights.lavis_blip2 import lavis_blip2_model
 from lightning_blip.weights.salesforce_blip import (
     VIT_PRESETS,
     blip_config,
@@ -176,8 +176,9 @@ def _lavis_to_ours_blip2(args: argparse.Namespace) -> Path:
     values = json.loads(Path(args.config).read_text())
     generation = "llm" in values
     config = Blip2LLMConfig.from_dict(values) if generation else Blip2Config.from_dict(values)
-    model = Blip2ForGeneration(config) if generation else Blip2Model(config)
-    report = load_lavis_blip2(model, args.source, strict=args.strict)
+    model, report = lavis_blip2_model(
+        Blip2ForGeneration if generation else Blip2Model, config, args.source, args.strict
+    )
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     save_our_blip2(model, output)

@@ -15,13 +15,18 @@ and ``opt_proj`` + ``opt_model.*`` or ``t5_proj`` + ``t5_model.*`` (stage 2).
   heads, ``temp``) are ignored and listed as such, as LAVIS's OPT/T5 models drop those modules.
 - ``temp`` is 0-d in LAVIS and ``(1,)`` in ours.
 - ``ln_vision`` has LayerNorm's default epsilon, 1e-5 (our ``ln_vision_eps`` default).
+- LAVIS builds its T5 with ``dense_act_fn="gelu"`` (exact GELU; FlanT5's config says ``gelu_new``):
+  :func:`lavis_blip2_model` builds the model of a file with ``t5_proj`` keys so, unless the config's
+  ``llm_dense_act_fn`` is set.
 - Only the EVA ViT-g layout is read; LAVIS's CLIP ViT-L (``pretrain_vitL``) keeps OpenAI CLIP names
   and its keys would be reported unexpected.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -38,6 +43,8 @@ _WB = r"(weight|bias)"
 _BERT = r"Qformer\.bert\."
 _HEAD = r"Qformer\.cls\.predictions\."
 LAVIS_VIT_ATTENTION = r"visual_encoder\.blocks\.\d+\.attn\."
+LAVIS_T5_ACT = "gelu"
+"""The ``dense_act_fn`` LAVIS sets on the T5 it builds (``blip2_t5.py``)."""
 
 LAVIS_BLIP2_RULES: tuple[Rule, ...] = (
     # the EVA ViT keeps timm-like names; q_bias/v_bias are fused first when our ViT has qkv.bias
@@ -94,11 +101,31 @@ def load_lavis_blip2(
     Raises:
         ValueError: a shape differs (key and both shapes named).
     """
-    kind = model_kind(model)
     state, name = read_source(source)
+    return _load_state(model, state, name, strict)
+
+
+def _load_state(model: nn.Module, state: dict[str, Tensor], name: str, strict: bool) -> LoadReport:
+    kind = model_kind(model)
     state = match_qkv_bias(state, LAVIS_VIT_ATTENTION, split=has_split_qkv_bias(model))
     if "temp" in state:  # LAVIS's is 0-d; ours is (1,) since FSDP2 shards no 0-d tensors
         state = {**state, "temp": state["temp"].reshape(1)}
     return load_with_rules(
         model, state, LAVIS_BLIP2_RULES, EXPECTED_ABSENT[kind], IGNORED[kind], strict=strict, source=name
     )
+
+
+def lavis_blip2_model(
+    cls: type[nn.Module], config: Any, source: str | Path | dict[str, Tensor], strict: bool = True
+) -> tuple[nn.Module, LoadReport]:
+    """Build ``cls(config)`` for a LAVIS BLIP-2 checkpoint and load it (:func:`load_lavis_blip2`).
+
+    A stage-2 file with a T5 (``t5_proj`` keys) gets LAVIS's ``llm_dense_act_fn`` (:data:`LAVIS_T5_ACT`)
+    when ``config.llm_dense_act_fn`` is None, so that the model computes what LAVIS computes.
+    """
+    state, name = read_source(source)
+    t5 = any(k.startswith("t5_proj.") for k in state)
+    if t5 and hasattr(config, "llm_dense_act_fn") and config.llm_dense_act_fn is None:  # stage 1: no LLM
+        config = replace(config, llm_dense_act_fn=LAVIS_T5_ACT)
+    model = cls(config)
+    return model, _load_state(model, state, name, strict)

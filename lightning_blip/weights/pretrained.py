@@ -208,13 +208,11 @@ def _from_salesforce(cls: type[nn.Module], path: Path, config: Any, strict: bool
 
 
 def _from_lavis_blip2(cls: type[nn.Module], path: Path, config: Any, strict: bool) -> nn.Module:
-    from lightning_blip.weights.lavis_blip2 import load_lavis_blip2
+    from lightning_blip.weights.lavis_blip2 import lavis_blip2_model
 
     if config is None:
         raise ValueError(f"{path}: a LAVIS BLIP-2 file holds no config (sizes, LLM); pass config=")
-    model = cls(config)
-    load_lavis_blip2(model, path, strict=strict)
-    return model
+    return lavis_blip2_model(cls, config, path, strict)[0]
 
 
 Loader = Callable[[type[nn.Module], Path, Any, bool], nn.Module]

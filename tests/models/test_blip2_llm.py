@@ -144,6 +144,55 @@ def test_causal_labels_ignore_bos_prompt_and_padding(models):
     assert context_labels(ids_, mask, torch.tensor([1, 0])).tolist() == [[-100, 6, 7, 8], [5, 6, -100, -100]]
 
 
+@torch.no_grad()
+def test_empty_prompt_scores_bos_as_lavis_unless_told(llm_dirs):
+    """LAVIS masks BOS + prompt only ``if self.prompt``: with an empty prompt the last query position
+    is trained to predict BOS. Written out here position by position on the LLM's own logits."""
+    torch.manual_seed(0)
+    lavis = Blip2ForGeneration(stage2_config(llm_dirs["opt"])).eval()
+    ours = Blip2ForGeneration(stage2_config(llm_dirs["opt"], score_bos=False)).eval()
+    ours.load_state_dict(lavis.state_dict())
+    ids = lavis.tokenizer.convert_tokens_to_ids
+    bos, pad, nl = lavis.tokenizer.bos_token_id, lavis.tokenizer.pad_token_id, ids("\n")
+    a, dog, red, circle = ids(["a", "dog", "red", "circle"])
+    texts = ["a dog", "a red circle"]
+    batch = lavis.text_batch(texts)
+    assert batch.input_ids.tolist() == [[bos, a, dog, nl, pad], [bos, a, red, circle, nl]]
+    assert batch.labels.tolist() == [[bos, a, dog, nl, -100], [bos, a, red, circle, nl]]
+    assert ours.text_batch(texts).labels.tolist() == [[-100, a, dog, nl, -100], [-100, a, red, circle, nl]]
+
+    pixels = torch.randn(2, 3, 32, 32)
+    queries = lavis.query_embeds(pixels)
+    Q = queries.shape[1]
+    inputs = torch.cat([queries, lavis.llm.get_input_embeddings()(batch.input_ids)], dim=1)
+    mask = torch.cat([torch.ones(2, Q, dtype=torch.long), batch.attention_mask], dim=1)
+    logp = lavis.llm(inputs_embeds=inputs, attention_mask=mask).logits.log_softmax(-1)
+    # (row, position whose logits score the token, token): the last query (Q - 1) scores BOS
+    terms = [(0, Q - 1, bos), (0, Q, a), (0, Q + 1, dog), (0, Q + 2, nl)]
+    terms += [(1, Q - 1, bos), (1, Q, a), (1, Q + 1, red), (1, Q + 2, circle), (1, Q + 3, nl)]
+    nll = torch.stack([-logp[row, position, token] for row, position, token in terms])
+    torch.testing.assert_close(lavis(pixels, texts), nll.mean())
+    without_bos = [i for i, (_, _, token) in enumerate(terms) if token != bos]
+    torch.testing.assert_close(ours(pixels, texts), nll[without_bos].mean())
+
+    # with a prompt, BOS and the prompt are never scored, either way
+    for score_bos in (True, False):
+        prompted = Blip2ForGeneration(stage2_config(llm_dirs["opt"], prompt="a photo of", score_bos=score_bos))
+        assert prompted.text_batch(["a dog"]).labels.tolist() == [[-100] * 4 + [a, dog, nl]]
+
+
+def test_opt_stops_at_the_newline_alone_as_lavis_unless_told(models, llm_dirs):
+    """LAVIS: ``eos_token_id = tokenizer("\\n", add_special_tokens=False).input_ids[0]``, nothing else."""
+    for kind in ("opt", "gpt2", "llama"):
+        tok = models[kind].tokenizer
+        assert models[kind]._eos_ids == [tok("\n", add_special_tokens=False).input_ids[0]]
+    t5 = models["t5"]
+    assert t5._eos_ids == [t5.tokenizer.eos_token_id]  # an encoder-decoder stops at EOS
+    also_eos = Blip2ForGeneration(stage2_config(llm_dirs["opt"], stop_at_eos=True))
+    tok = also_eos.tokenizer
+    assert sorted(also_eos._eos_ids) == sorted([tok.eos_token_id, tok.convert_tokens_to_ids("\n")])
+
+
 def test_prefix_split_at_a_random_word_boundary_reproducibly():
     texts = ["one two three four five", "single", "a  b"]
     cuts = set()
@@ -329,6 +378,13 @@ def test_config_round_trip(llm_dirs):
 def test_missing_llm_names_the_llm_field(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"llm=.*absent"):
         Blip2ForGeneration(stage2_config(tmp_path / "absent"))
+
+
+def test_llm_dense_act_fn_is_checked_naming_the_field(llm_dirs):
+    with pytest.raises(ValueError, match="llm_dense_act_fn.*'gelu_exact'"):
+        stage2_config(llm_dirs["t5"], llm_dense_act_fn="gelu_exact")
+    with pytest.raises(ValueError, match="llm_dense_act_fn='gelu'.*'opt'.*no dense_act_fn"):
+        Blip2ForGeneration(stage2_config(llm_dirs["opt"], llm_dense_act_fn="gelu"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
