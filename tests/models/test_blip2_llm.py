@@ -177,7 +177,9 @@ def test_empty_prompt_scores_bos_as_lavis_unless_told(llm_dirs):
 
     # with a prompt, BOS and the prompt are never scored, either way
     for score_bos in (True, False):
-        prompted = Blip2ForGeneration(stage2_config(llm_dirs["opt"], prompt="a photo of", score_bos=score_bos))
+        prompted = Blip2ForGeneration(
+            stage2_config(llm_dirs["opt"], prompt="a photo of", score_bos=score_bos)
+        )
         assert prompted.text_batch(["a dog"]).labels.tolist() == [[-100] * 4 + [a, dog, nl]]
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict, replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import text_batch
 
 from lightning_blip.models import blip2_llm
@@ -649,6 +651,43 @@ def test_from_pretrained_reads_a_lavis_file_with_the_config_given(pairs, tmp_pat
     )
 
 
+def _gated_ffn_by_hand(ffn: torch.nn.Module, x: torch.Tensor, approximate: str) -> torch.Tensor:
+    """T5's gated FFN ``wo(gelu(wi_0 x) * wi_1 x)`` with the exact GELU or its tanh approximation."""
+    return ffn.wo(F.gelu(ffn.wi_0(x), approximate=approximate) * ffn.wi_1(x))
+
+
+@torch.no_grad()
+def test_a_lavis_t5_file_runs_exact_gelu_and_a_transformers_directory_keeps_gelu_new(pairs, tmp_path):
+    """LAVIS's ``blip2_t5.py`` sets ``dense_act_fn="gelu"`` on FlanT5's config (``gated-gelu`` ->
+    ``gelu_new`` in transformers): a LAVIS file computes with it, a transformers directory as shipped."""
+    from lightning_blip.weights import convert
+
+    hf, source, converted, _ = pairs["t5"]
+    state = {k: v for k, v in lavis_state(hf, "t5").items() if not k.startswith("t5_model.")}
+    torch.save({"model": state}, tmp_path / "blip2.pth")
+    (tmp_path / "config.json").write_text(json.dumps(asdict(converted.config)))
+    convert.main(["--model", "blip2", "--from", "lavis", "--to", "ours", "--config", str(tmp_path / "config.json"),
+                  str(tmp_path / "blip2.pth"), str(tmp_path / "ours")])  # fmt: skip
+    exact = {
+        "lavis file": Blip2ForGeneration.from_pretrained(tmp_path / "blip2.pth", config=converted.config),
+        "converted from lavis": Blip2ForGeneration.from_pretrained(tmp_path / "ours"),
+    }
+    tanh = {
+        "transformers directory": Blip2ForGeneration.from_pretrained(source),
+        "converted from transformers": converted,
+        "lavis file, as shipped by choice": Blip2ForGeneration.from_pretrained(
+            tmp_path / "blip2.pth", config=replace(converted.config, llm_dense_act_fn="gelu_new")
+        ),
+    }
+    x = 3 * torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(0))
+    for approximate, models in (("none", exact), ("tanh", tanh)):
+        for name, model in models.items():
+            ffn = model.llm.encoder.block[0].layer[-1].DenseReluDense
+            torch.testing.assert_close(ffn(x), _gated_ffn_by_hand(ffn, x, approximate), msg=name)
+    gap = (_gated_ffn_by_hand(ffn, x, "none") - _gated_ffn_by_hand(ffn, x, "tanh")).abs().max()
+    assert gap > 1e-3  # the two GELUs are told apart at assert_close's tolerance
+
+
 def test_convert_command_for_blip2_both_ways(pairs, tmp_path):
     from lightning_blip.weights import convert
 
@@ -675,8 +714,6 @@ def test_convert_command_for_blip2_both_ways(pairs, tmp_path):
 
 
 def test_convert_command_for_a_lavis_file_and_a_lightning_export(pairs, tmp_path):
-    from dataclasses import asdict
-
     from lightning_blip.weights import convert
 
     hf, _, converted, _ = pairs["opt"]
