@@ -114,6 +114,25 @@ def test_recipe_vision_models_exist_and_openai_clip_has_quickgelu():
     assert type(clip.blocks[0].mlp.act).__name__ == "QuickGELU"  # OpenAI CLIP ViT-L/14, as LAVIS
 
 
+def test_stage2_recipes_compute_what_lavis_computes():
+    """BOS scored after the empty prompt, OPT stopped at the newline alone, FlanT5 with exact GELU."""
+    import yaml
+
+    from lightning_blip.models.blip2_llm import Blip2LLMConfig
+
+    built = {}
+    for recipe in RECIPES:
+        if recipe.name.startswith("blip2_stage2"):
+            values = yaml.safe_load(recipe.read_text())["model"]["init_args"]["config"]
+            built[recipe.stem] = Blip2LLMConfig(
+                **{k: v for k, v in values.items() if k not in ("vision", "qformer")}
+            )
+    assert set(built) == {"blip2_stage2_opt", "blip2_stage2_flant5"}
+    assert all(c.prompt == "" and c.score_bos and not c.stop_at_eos for c in built.values())
+    assert built["blip2_stage2_flant5"].llm_dense_act_fn == "gelu"
+    assert built["blip2_stage2_opt"].llm_dense_act_fn is None  # OPT's config has no dense_act_fn
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_runs_one_step(recipe: Path, tmp_path: Path, tiny_llms: dict[str, Path]):
     args = [
