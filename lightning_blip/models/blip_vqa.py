@@ -210,8 +210,8 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
         (:func:`~lightning_blip.models.generation.generate_ids`; 1 beam = greedy). A question's
         cross-attention keys/values are computed once and shared by its beams. BLIP's generation
         gives the decoder an all-ones question mask, so a padded batch attends to its padding; pass
-        ``QuestionStates(states, None)`` to reproduce that (the default masks it, so a batch answers
-        as each question alone).
+        ``QuestionStates(states, None)`` to reproduce that (``answer(..., attend_question_padding=True)``;
+        the default masks it, so a batch answers as each question alone).
         """
         start = torch.full(
             (question.states.shape[0], 1), self.config.bos_token_id, device=question.states.device
@@ -275,17 +275,23 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
         max_length: int = 10,
         min_length: int = 1,
         num_beams: int = 3,
+        attend_question_padding: bool = False,
     ) -> list[str]:
         """One answer per (image ``(B, 3, H, W)``, question) by generation or by ranking ``answer_list``.
 
         Questions are tokenised as given (the data pipeline applies BLIP's ``pre_question`` first);
-        ``tokenizer`` None uses the bundled bert-base-uncased vocabulary.
+        ``tokenizer`` None uses the bundled bert-base-uncased vocabulary. ``attend_question_padding``
+        (generation only): the answer decoder reads the padding of shorter questions in a batch, as
+        BLIP's and LAVIS's generation do (an all-ones question mask); False masks it, so a batch
+        answers as each question alone. Ranking always masks it, as BLIP and LAVIS.
         """
         tokenizer = default_tokenizer() if tokenizer is None else tokenizer
         device = pixel_values.device
         ids, mask = tokenize_questions(tokenizer, list(questions))
         question = self.encode_questions(self.encode_image(pixel_values), ids.to(device), mask.to(device))
         if mode == "generate":
+            if attend_question_padding:
+                question = QuestionStates(question.states, None)
             ids = self.generate_answers(question, max_length, min_length, num_beams)
             return decode_captions(tokenizer, ids)
         if mode == "rank":

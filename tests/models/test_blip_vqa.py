@@ -122,6 +122,30 @@ def test_cached_greedy_answers_equal_recomputing_everything(tokenizer):
     assert torch.equal(fast, ids)
 
 
+def test_attend_question_padding_decodes_with_an_all_ones_question_mask_as_lavis(tokenizer):
+    """LAVIS's ``_generate_answers`` passes ``encoder_attention_mask=torch.ones(...)``: the answer
+    decoder reads the padding of shorter questions. Written out: greedy, recomputed at every step."""
+    from lightning_blip.models.generation import decode_captions
+
+    model = _model(std=0.5)
+    pixels = torch.randn(3, 3, 32, 32)
+    question = _questions(model, tokenizer, pixels)
+    assert not question.mask.all()  # the batch is padded
+    ids = torch.full((3, 1), model.config.bos_token_id)
+    for _ in range(5):
+        hidden = model.answer_decoder(
+            ids, torch.ones_like(ids), "decoder", image_embeds=question.states,
+            image_mask=torch.ones_like(question.mask),
+        ).last_hidden_state  # fmt: skip
+        next_ids = model.answer_head(hidden[:, -1]).argmax(-1, keepdim=True)
+        finished = (ids == model.config.sep_token_id).any(1, keepdim=True)
+        ids = torch.cat([ids, next_ids.masked_fill(finished, model.config.pad_token_id)], 1)
+    kw = {"max_length": 6, "num_beams": 1}
+    lavis = model.answer(pixels, QUESTIONS, tokenizer, attend_question_padding=True, **kw)
+    assert lavis == decode_captions(tokenizer, ids)
+    assert model.answer(pixels, QUESTIONS, tokenizer, **kw) != lavis  # masking the padding changes answers
+
+
 @pytest.mark.parametrize("k", [1, 2, len(ANSWERS)])
 def test_ranking_takes_the_best_likelihood_among_the_first_token_top_k(tokenizer, k: int):
     model = _model()
