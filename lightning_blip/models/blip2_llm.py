@@ -4,7 +4,8 @@
 space, prepended to the text embeddings. Any transformers ``AutoModelForCausalLM`` (OPT, GPT-2,
 Llama, ...) or ``AutoModelForSeq2SeqLM`` (T5, FlanT5, ...) loaded from a local directory or cache:
 
-- decoder-only: ``[queries ; prompt + text + "\\n"]``, loss on the text tokens only;
+- decoder-only: ``[queries ; prompt + text + "\\n"]``, loss on the text tokens (and on BOS after an
+  empty prompt, as LAVIS: ``score_bos``);
 - encoder-decoder (prefix LM): encoder ``[queries ; prompt + prefix]``, decoder target the suffix.
 
 The LLM is frozen (no gradients, always in eval mode; LAVIS leaves OPT's dropout on) and held in
