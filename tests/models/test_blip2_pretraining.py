@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import text_batch, tiny_blip2
 from dist_utils import run_distributed
 
@@ -63,6 +64,51 @@ def test_itg_on_cached_query_keys_values_equals_the_joint_pass():
     a, b = cached(*batch, negative_sampler=sampler), joint(*batch, negative_sampler=sampler)
     for x, y in zip(a[:3], b[:3]):
         torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("pool", ["local", "global"])
+def test_losses_equal_lavis_stage1_written_out_from_the_submodules(pool):
+    """LAVIS ``Blip2Qformer.forward`` on one rank, from the raw outputs of the Q-Former and heads:
+    ITC = max over queries, cross entropy with label smoothing 0.1 both ways; ITM on (pos, pos, neg)
+    texts x (pos, neg, pos) images, labels (1, 0, 0), negatives the highest softmax(sim) + 1e-4 off
+    the diagonal (``hardest``); ITG = [DEC] in place of [CLS], one pass over [queries; text] under
+    the multimodal-causal mask, next-token cross entropy with label smoothing 0.1 over non-padding."""
+    model = Blip2ForPretraining(tiny_blip2()).eval()
+    pixels, ids, mask = _batch()
+    out = model(pixels, ids, mask, negative_sampler=NegativeSampler("hardest", pool))
+
+    blip2, B, Q = model.blip2, 4, 8
+    with torch.no_grad():
+        image_embeds = blip2.forward_image(pixels)
+        image_feats = F.normalize(blip2.vision_proj(blip2.qformer(image_embeds=image_embeds)[0]), dim=-1)
+        text_cls = blip2.qformer(ids, mask, queries=False)[0][:, 0]
+        text_feat = F.normalize(blip2.text_proj(text_cls), dim=-1)
+        sim_i2t = (image_feats @ text_feat.t()).amax(dim=1) / blip2.temp  # (I, Q, T) -> best query (I, T)
+        sim_t2i = sim_i2t.t()
+        arange = torch.arange(B)
+        loss_itc = (
+            F.cross_entropy(sim_i2t, arange, label_smoothing=0.1)
+            + F.cross_entropy(sim_t2i, arange, label_smoothing=0.1)
+        ) / 2
+
+        neg_text = (sim_i2t.softmax(1) + 1e-4).fill_diagonal_(0).argmax(1)
+        neg_image = (sim_t2i.softmax(1) + 1e-4).fill_diagonal_(0).argmax(1)
+        itm_ids = torch.cat([ids, ids, ids[neg_text]])
+        itm_mask = torch.cat([mask, mask, mask[neg_text]])
+        itm_images = torch.cat([image_embeds, image_embeds[neg_image], image_embeds])
+        itm_hidden = blip2.qformer(itm_ids, itm_mask, image_embeds=itm_images)[0][:, :Q]
+        itm_labels = torch.tensor([1] * B + [0] * 2 * B)
+        loss_itm = F.cross_entropy(blip2.itm_head(itm_hidden).mean(dim=1), itm_labels)
+
+        assert blip2.config.bos_token_id == 30522  # [DEC]: appended to bert-base-uncased's 30522 tokens
+        dec_ids = torch.cat([torch.full((B, 1), 30522), ids[:, 1:]], dim=1)
+        text_hidden = blip2.qformer(dec_ids, mask, image_embeds=image_embeds, causal=True)[0][:, Q:]
+        logits = blip2.lm_head(text_hidden[:, :-1])
+        targets = dec_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        loss_lm = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), label_smoothing=0.1)
+
+    assert torch.equal(out.neg_text_idx, neg_text) and torch.equal(out.neg_image_idx, neg_image)
+    torch.testing.assert_close(torch.stack(out[:3]), torch.stack([loss_itc, loss_itm, loss_lm]))
 
 
 def test_image_id_positives_are_never_itm_negatives():

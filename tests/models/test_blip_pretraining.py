@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import text_batch, tiny_blip
 from dist_utils import run_distributed
 
@@ -83,6 +84,41 @@ def test_image_id_positives_need_ids_and_change_the_loss():
     same = by_id(*batch, image_ids=torch.tensor([7, 7, 7, 7]), alpha=0.0, negative_sampler=sampler)
     for negatives in (same.neg_text_idx, same.neg_image_idx):
         assert (negatives != torch.arange(4)).all()
+
+
+def test_distillation_targets_come_from_the_momentum_encoders():
+    """BLIP's ITC with momentum distillation, written out from the raw encoder outputs: the soft
+    targets are ``alpha * softmax(momentum feature @ momentum keys / temp) + (1 - alpha) * hard``.
+    The momentum copies are moved away from the online weights, so online-fed targets differ."""
+    model = BlipForPretraining(tiny_blip(), queue_size=8).eval()
+    with torch.no_grad():
+        for _, momentum in model.momentum_pairs():
+            momentum.add_(0.05 * torch.randn_like(momentum))
+    pixels, ids, mask = _batch()
+    alpha, blip = 0.4, model.blip
+    image_queue, text_queue = model.image_queue.t().clone(), model.text_queue.t().clone()
+    out = model(pixels, ids, mask, alpha=alpha, negative_sampler=NegativeSampler("hardest", "local"))
+
+    @torch.no_grad()
+    def features(vision, vision_proj, text, text_proj):  # normalised projected [CLS] of image and text
+        image_cls = vision(pixels)[:, 0]
+        text_cls = text(ids, mask, mode="text").last_hidden_state[:, 0]
+        return F.normalize(vision_proj(image_cls), dim=-1), F.normalize(text_proj(text_cls), dim=-1)
+
+    image, text = features(blip.visual_encoder, blip.vision_proj, blip.text, blip.text_proj)
+    image_m, text_m = features(model.visual_encoder_m, model.vision_proj_m, model.text_m, model.text_proj_m)
+    image_keys, text_keys = torch.cat([image_m, image_queue]), torch.cat([text_m, text_queue])
+    temp, hard = blip.temp.detach(), torch.eye(4, 12)
+
+    def itc(teacher_image, teacher_text):
+        soft_i2t = alpha * (teacher_image @ text_keys.t() / temp).softmax(1) + (1 - alpha) * hard
+        soft_t2i = alpha * (teacher_text @ image_keys.t() / temp).softmax(1) + (1 - alpha) * hard
+        i2t = -(soft_i2t * (image @ text_keys.t() / temp).log_softmax(1)).sum(1).mean()
+        t2i = -(soft_t2i * (text @ image_keys.t() / temp).log_softmax(1)).sum(1).mean()
+        return (i2t + t2i) / 2
+
+    torch.testing.assert_close(out.loss_itc, itc(image_m, text_m))
+    assert (out.loss_itc - itc(image, text)).abs() > 1e-3  # the test tells the two teachers apart
 
 
 def _step(model, batch, sampler):

@@ -46,12 +46,14 @@ def _smoothed_ce(logits: torch.Tensor, targets: torch.Tensor, eps: float = 0.1) 
     return ((1 - eps) * nll + eps * -logp.mean(-1)).sum()
 
 
-def _answer_log_likelihood(model: BlipVQA, states: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+def _answer_log_likelihood(
+    model: BlipVQA, states: torch.Tensor, answer_ids: torch.Tensor, eps: float = 0.1
+) -> torch.Tensor:
     """Minus the smoothed CE of one unpadded ``[CLS] ... [SEP]`` answer, given one question ``(1, Lq, D)``."""
     ids = answer_ids.clone()[None]
     ids[0, 0] = model.config.bos_token_id
     hidden = model.answer_decoder(ids, torch.ones_like(ids), "decoder", image_embeds=states).last_hidden_state
-    return -_smoothed_ce(model.answer_head(hidden[0, :-1]), ids[0, 1:])
+    return -_smoothed_ce(model.answer_head(hidden[0, :-1]), ids[0, 1:], eps)
 
 
 def test_loss_equals_weighted_per_answer_cross_entropy_over_the_batch(tokenizer):
@@ -177,6 +179,26 @@ def test_ranking_takes_the_best_likelihood_among_the_first_token_top_k(tokenizer
             ).last_hidden_state[:, 0]
         )
         assert torch.equal(ranked, logits[:, first_ids].argmax(1))
+
+
+def test_ranking_scores_carry_the_decoder_label_smoothing(tokenizer):
+    """BLIP's ``rank_answer`` scores by its decoder loss, whose label smoothing 0.1 also charges
+    ``0.1 * mean(-log p)`` per token. Head biases make the 4-token "a big circle" the most likely
+    answer, but the 2-token "red" the best once smoothed: ranking must pick "red"."""
+    model = _model()
+    with torch.no_grad():
+        for token, bias in {"a": 10.0, "big": 10.0, "circle": 10.0, "[SEP]": 10.0, "red": 4.5}.items():
+            model.answer_head.decoder.bias[tokenizer.convert_tokens_to_ids(token)] += bias
+    question = _questions(model, tokenizer, torch.randn(3, 3, 32, 32))
+    c_ids, c_mask = tokenize_answers(tokenizer, ANSWERS)
+    ranked = model.rank_answers(question, c_ids, c_mask, k=len(ANSWERS))
+    own_ids = [tokenizer(a, return_tensors="pt").input_ids[0] for a in ANSWERS]
+    for b in range(3):
+        states = question.states[b : b + 1, : int(question.mask[b].sum())]
+        smoothed = [_answer_log_likelihood(model, states, ids).item() for ids in own_ids]
+        plain = [_answer_log_likelihood(model, states, ids, eps=0.0).item() for ids in own_ids]
+        assert ANSWERS[ranked[b]] == ANSWERS[max(range(len(ANSWERS)), key=smoothed.__getitem__)] == "red"
+        assert ANSWERS[max(range(len(ANSWERS)), key=plain.__getitem__)] == "a big circle"
 
 
 @pytest.mark.parametrize(("mode", "num_beams"), [("generate", 1), ("generate", 3), ("rank", 1)])

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_text, tiny_vision
 
 from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.generation import _BeamSearch, _process, generate_ids, top_per_row
+from lightning_blip.models.generation import _BeamSearch, _process, _TokenSearch, generate_ids, top_per_row
 from lightning_blip.models.tokenizer import build_tokenizer
 
 PAD, SEP, BOS = 0, 1, 2
@@ -369,6 +369,36 @@ def test_sampling_is_reproducible_and_stays_in_the_nucleus():
             assert above <= 0.6  # the token is in the smallest set reaching top_p
             sizes.append(int((probs.sort(descending=True).values.cumsum(0) < 0.6).sum()) + 1)
     assert max(sizes) > 1  # the nucleus was not a single token
+
+
+# hand-made distributions: the first token alone crosses 0.3, the second crosses 0.6, the third 0.9;
+# then a row with ties among the kept and among the dropped tokens (no tie straddles a crossing)
+NUCLEUS_ROWS = [[0.5, 0.3, 0.12, 0.05, 0.03], [0.35, 0.2, 0.2, 0.125, 0.125], [0.05, 0.03, 0.3, 0.5, 0.12]]
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.6, 0.9])
+def test_nucleus_keeps_what_transformers_top_p_keeps(monkeypatch, top_p):
+    """The sampled distribution equals softmax of transformers' ``TopPLogitsWarper`` output: the token
+    whose probability carries the running sum past ``top_p`` is kept, the ones after it are not."""
+    from transformers import TopPLogitsWarper
+
+    hand = torch.tensor(NUCLEUS_ROWS, dtype=torch.float64).log()
+    noisy = 2 * torch.randn(8, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    logits = torch.cat([hand, noisy])
+    seen = []
+
+    def multinomial(probs, num_samples, generator=None):  # records the distribution it is asked to draw from
+        seen.append(probs)
+        return torch.zeros(len(probs), num_samples, dtype=torch.long)
+
+    monkeypatch.setattr(torch, "multinomial", multinomial)
+    _TokenSearch(len(logits), [SEP], True, top_p, 0, 1.0, None)._sample(logits.clone())
+    (probs,) = seen
+    expected = TopPLogitsWarper(top_p)(None, logits.clone()).softmax(-1)
+    torch.testing.assert_close(probs, expected)
+    assert torch.equal(probs > 0, expected > 0)
+    kept = {0.3: [1, 1, 1], 0.6: [2, 3, 2], 0.9: [3, 5, 3]}[top_p]  # by hand, for the rows above
+    assert (probs[:3] > 0).sum(1).tolist() == kept
 
 
 def test_generate_defaults_to_blip_beam_search_and_strips_the_prompt(blip_config):

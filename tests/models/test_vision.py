@@ -12,10 +12,19 @@ from safetensors.torch import save_file
 from lightning_blip.models.vision import VisionEncoder
 
 
+@torch.no_grad()
 def test_returns_all_tokens_with_cls_first():
-    enc = VisionEncoder(tiny_vision(image_size=32))
-    out = enc(torch.randn(2, 3, 32, 32))
+    enc = VisionEncoder(tiny_vision(image_size=32)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    out = enc(x)
     assert out.shape == (2, 1 + 16, 48)
+    torch.testing.assert_close(out, enc.vit.forward_features(x))  # timm's own pass, in its order
+    # without blocks and final norm, token 0 is the [CLS] parameter and 1.. the patches, plus positions
+    enc.vit.blocks, enc.vit.norm = torch.nn.Sequential(), torch.nn.Identity()
+    out, vit = enc(x), enc.vit
+    torch.testing.assert_close(out[:, 0], (vit.cls_token + vit.pos_embed[:, :1])[:, 0].expand(2, -1))
+    patches = vit.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, 16, D), row-major patches
+    torch.testing.assert_close(out[:, 1:], patches + vit.pos_embed[:, 1:])
 
 
 def test_position_embeddings_are_interpolated_when_the_size_differs(tmp_path):

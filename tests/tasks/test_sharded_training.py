@@ -1,4 +1,7 @@
-"""MEDPretrain on 2 CPU ranks: FSDP2 (ModelParallelStrategy) gives the same losses as DDP."""
+"""MEDPretrain on 2 CPU ranks: FSDP2 (ModelParallelStrategy) gives the same losses as DDP.
+
+The ITM negatives are sampled (multinomial) from the global pool: the per-step seed from (seed, step,
+rank) makes the draws, and so the losses, the same under both strategies."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ trainer:
   callbacks:
     - class_path: lightning_blip.callbacks.MomentumEncoder
     - class_path: lightning_blip.callbacks.HardNegativeMining
-      init_args: {strategy: hardest, pool: global}
+      init_args: {strategy: sample, pool: global}
 model:
   init_args:
     config:
