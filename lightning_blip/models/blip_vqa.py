@@ -278,12 +278,24 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
     ) -> list[str]:
         """One answer per (image ``(B, 3, H, W)``, question) by generation or by ranking ``answer_list``.
 
-        Questions are tokenised as given (the data pipeline applies BLIP's ``pre_question`` first);
-        ``tokenizer`` None uses the bundled bert-base-uncased vocabulary.
+        ``questions``: one per image, or one asked of every image. They are tokenised as given (the
+        data pipeline applies BLIP's ``pre_question`` first); ``tokenizer`` None uses the bundled
+        bert-base-uncased vocabulary.
+
+        Raises:
+            ValueError: neither one question nor one per image (both counts named).
         """
         tokenizer = default_tokenizer() if tokenizer is None else tokenizer
         device = pixel_values.device
-        ids, mask = tokenize_questions(tokenizer, list(questions))
+        questions = list(questions)
+        B = pixel_values.shape[0]
+        if len(questions) == 1:
+            questions = questions * B
+        if len(questions) != B:
+            raise ValueError(
+                f"got {len(questions)} questions for {B} images: give one per image, or one for all"
+            )
+        ids, mask = tokenize_questions(tokenizer, questions)
         question = self.encode_questions(self.encode_image(pixel_values), ids.to(device), mask.to(device))
         if mode == "generate":
             ids = self.generate_answers(question, max_length, min_length, num_beams)
