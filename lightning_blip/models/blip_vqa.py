@@ -23,7 +23,7 @@ from lightning_blip.layers.heads import LMHead
 from lightning_blip.losses.lm import lm_labels, scored_positions, sequence_lm_loss
 from lightning_blip.models.blip import BlipConfig
 from lightning_blip.models.checkpoint_io import load_state_dict_file
-from lightning_blip.models.generation import decode_captions, generate_ids
+from lightning_blip.models.generation import decode_captions, generate_ids, one_per_image
 from lightning_blip.models.med import LayerCache, MEDTextModel
 from lightning_blip.models.tokenizer import default_tokenizer
 from lightning_blip.models.vision import VisionEncoder
@@ -287,14 +287,7 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
         """
         tokenizer = default_tokenizer() if tokenizer is None else tokenizer
         device = pixel_values.device
-        questions = list(questions)
-        B = pixel_values.shape[0]
-        if len(questions) == 1:
-            questions = questions * B
-        if len(questions) != B:
-            raise ValueError(
-                f"got {len(questions)} questions for {B} images: give one per image, or one for all"
-            )
+        questions = one_per_image(questions, pixel_values.shape[0], "questions")
         ids, mask = tokenize_questions(tokenizer, questions)
         question = self.encode_questions(self.encode_image(pixel_values), ids.to(device), mask.to(device))
         if mode == "generate":
