@@ -98,7 +98,8 @@ def _write_blip2_stand_ins(root: Path) -> None:
 
     model.llm.resize_token_embeddings(len(model.tokenizer) + 1)  # a row for transformers' <image>
     export_blip2_to_transformers(model, root / "models/blip2-opt-2.7b")
-    export_blip2_to_transformers(Blip2Model(tiny_blip2()), root / "models/blip2-itm-vit-g")
+    retrieval = Blip2Model(replace(tiny_blip2(), ln_vision_eps=1e-6))  # transformers has one epsilon
+    export_blip2_to_transformers(retrieval, root / "models/blip2-itm-vit-g")
 
     lavis_state = _test_module("weights/test_blip2_weights_parity.py").lavis_state
     hf = Blip2ForConditionalGeneration.from_pretrained(root / "models/blip2-opt-2.7b")
