@@ -58,6 +58,7 @@ def _test_module(relative: str):
 
 
 def _write_blip_stand_ins(root: Path) -> None:
+    """BLIP: transformers captioning and VQA directories, a salesforce ``.pth``, a Lightning ``.ckpt``."""
     from transformers import BlipForConditionalGeneration
 
     captioner = BlipModel(tiny_blip())
@@ -78,6 +79,7 @@ def _write_blip_stand_ins(root: Path) -> None:
 
 
 def _write_blip2_stand_ins(root: Path) -> None:
+    """BLIP-2: a tiny OPT, transformers directories, a LAVIS ``.pth``, an FSDP2 shard directory."""
     from transformers import Blip2ForConditionalGeneration
 
     save_tiny_llm("opt", root / "models/opt-2.7b")
