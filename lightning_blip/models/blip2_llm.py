@@ -38,7 +38,7 @@ from transformers.activations import ACT2FN
 from lightning_blip.losses.lm import IGNORE_INDEX
 from lightning_blip.models.blip2 import DTYPES, FrozenAwareImageEncoder, eva_vit_g
 from lightning_blip.models.checkpoint_io import load_state_dict_file
-from lightning_blip.models.generation import generate_llm_ids
+from lightning_blip.models.generation import generate_llm_ids, one_per_image
 from lightning_blip.models.opt_decoding import OPTDecoding, runs_opt
 from lightning_blip.models.qformer import QFormer, QFormerConfig
 from lightning_blip.models.vision import VisionConfig
@@ -507,9 +507,7 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
         """
         B = pixel_values.shape[0]
         prompt = self.config.prompt if prompt is None else prompt
-        prompts = [prompt] * B if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != B:
-            raise ValueError(f"got {len(prompts)} prompts for {B} images")
+        prompts = one_per_image(prompt, B, "prompts")
         queries = self.query_embeds(pixel_values)
         tok, device = self.tokenizer, pixel_values.device
         if self.is_encoder_decoder:
@@ -550,9 +548,10 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
     ) -> list[str]:
         """Zero-shot VQA: one answer per (image, question), with ``prompt.format(question)``.
 
-        Defaults are the paper's (beam 5, at most 10 tokens, length penalty -1 as for FlanT5; LAVIS's
-        OPT code uses 0).
+        ``questions``: one per image, or one asked of every image. Defaults are the paper's (beam 5, at
+        most 10 tokens, length penalty -1 as for FlanT5; LAVIS's OPT code uses 0).
         """
+        questions = one_per_image(questions, pixel_values.shape[0], "questions")
         return self.generate(
             pixel_values,
             [prompt.format(q) for q in questions],

@@ -23,7 +23,7 @@ from lightning_blip.layers.heads import LMHead
 from lightning_blip.losses.lm import lm_labels, scored_positions, sequence_lm_loss
 from lightning_blip.models.blip import BlipConfig
 from lightning_blip.models.checkpoint_io import load_state_dict_file
-from lightning_blip.models.generation import decode_captions, generate_ids
+from lightning_blip.models.generation import decode_captions, generate_ids, one_per_image
 from lightning_blip.models.med import LayerCache, MEDTextModel
 from lightning_blip.models.tokenizer import default_tokenizer
 from lightning_blip.models.vision import VisionEncoder
@@ -279,15 +279,20 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
     ) -> list[str]:
         """One answer per (image ``(B, 3, H, W)``, question) by generation or by ranking ``answer_list``.
 
-        Questions are tokenised as given (the data pipeline applies BLIP's ``pre_question`` first);
-        ``tokenizer`` None uses the bundled bert-base-uncased vocabulary. ``attend_question_padding``
-        (generation only): the answer decoder reads the padding of shorter questions in a batch, as
-        BLIP's and LAVIS's generation do (an all-ones question mask); False masks it, so a batch
-        answers as each question alone. Ranking always masks it, as BLIP and LAVIS.
+        ``questions``: one per image, or one asked of every image. They are tokenised as given (the
+        data pipeline applies BLIP's ``pre_question`` first); ``tokenizer`` None uses the bundled
+        bert-base-uncased vocabulary. ``attend_question_padding`` (generation only): the answer
+        decoder reads the padding of shorter questions in a batch, as BLIP's and LAVIS's generation
+        do (an all-ones question mask); False masks it, so a batch answers as each question alone.
+        Ranking always masks it, as BLIP and LAVIS.
+
+        Raises:
+            ValueError: neither one question nor one per image (both counts named).
         """
         tokenizer = default_tokenizer() if tokenizer is None else tokenizer
         device = pixel_values.device
-        ids, mask = tokenize_questions(tokenizer, list(questions))
+        questions = one_per_image(questions, pixel_values.shape[0], "questions")
+        ids, mask = tokenize_questions(tokenizer, questions)
         question = self.encode_questions(self.encode_image(pixel_values), ids.to(device), mask.to(device))
         if mode == "generate":
             if attend_question_padding:

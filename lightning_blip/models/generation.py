@@ -26,6 +26,7 @@ Semantics are those of transformers 4.15's ``generate``, which BLIP's captioner 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -521,3 +522,19 @@ class _LLMBeamSearch(_BeamSearch):
         return self._pad(
             [seq for best in self.best for _, seq in best[: self.num_return_sequences]], ids, pad
         )
+
+
+def one_per_image(texts: str | Sequence[str], num_images: int, what: str) -> list[str]:
+    """``texts`` (prompts, questions) as one per image: a single text is given to every image.
+
+    Raises:
+        ValueError: neither one text nor one per image (``what`` and both counts named).
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if len(texts) == 1:
+        texts = texts * num_images
+    if len(texts) != num_images:
+        raise ValueError(
+            f"got {len(texts)} {what} for {num_images} images: give one per image, or one for all"
+        )
+    return texts

@@ -307,6 +307,9 @@ def test_answer_formats_questions_with_the_vqa_prompt(models, monkeypatch):
     pixel_values = torch.randn(2, 3, 32, 32)
     answers = model.answer(pixel_values, ["what color?", "what shape?"])
     assert isinstance(answers, list) and len(answers) == 2
+    assert model.answer(pixel_values, ["what color?"]) == model.answer(pixel_values, ["what color?"] * 2)
+    with pytest.raises(ValueError, match="got 2 questions for 3 images"):
+        model.answer(torch.randn(3, 3, 32, 32), ["what color?", "what shape?"])
     calls = []
     monkeypatch.setattr(model, "generate", lambda *args, **kw: calls.append((args, kw)) or ["x", "y"])
     model.answer(pixel_values, ["what color?", "what shape?"])

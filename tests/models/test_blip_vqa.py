@@ -213,6 +213,22 @@ def test_batched_answers_equal_one_by_one(tokenizer, mode: str, num_beams: int):
     assert model.answer(pixels, QUESTIONS, **kw) == batched  # without a tokenizer: the bundled one
 
 
+@pytest.mark.parametrize("mode", ["generate", "rank"])
+def test_one_question_is_asked_of_every_image(tokenizer, mode: str):
+    model = _model(std=0.5)
+    pixels = torch.randn(4, 3, 32, 32)
+    kw = {"mode": mode, "answer_list": ANSWERS, "k": 4, "max_length": 6}
+    shared = model.answer(pixels, [QUESTIONS[1]], tokenizer, **kw)
+    assert shared == model.answer(pixels, [QUESTIONS[1]] * 4, tokenizer, **kw)
+    assert shared == [model.answer(pixels[i : i + 1], [QUESTIONS[1]], tokenizer, **kw)[0] for i in range(4)]
+    assert len(set(shared)) > 1  # each image is answered, not the first one four times
+
+
+def test_a_question_count_that_is_neither_one_nor_one_per_image_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="got 2 questions for 3 images"):
+        _model().answer(torch.randn(3, 3, 32, 32), QUESTIONS[:2], tokenizer)
+
+
 def test_init_from_a_pretrained_med_maps_encoder_and_decoder_weights():
     blip = BlipModel(_config(std=0.02, vision_width=64))  # ViT width = text width: every weight fits
     state = {f"model.blip.{k}": v for k, v in blip.state_dict().items()}
