@@ -79,7 +79,7 @@ def test_blip_processor_has_our_image_settings_and_special_tokens(blip):
 
 
 def test_blip_pixels_agree_within_one_grey_level(blip):
-    """A wrong size, mean, std or interpolation (bilinear: 16 levels here) fails."""
+    """A wrong size, mean, std or interpolation (bilinear: 25 levels here) fails."""
     images = pil_images()
     got = blip[1](images=images, return_tensors="pt").pixel_values
     expected = our_pixels(images)
