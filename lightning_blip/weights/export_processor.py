@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from transformers import Blip2Processor, BlipImageProcessor, BlipProcessor
+from transformers import BertTokenizer, Blip2Processor, BlipImageProcessor, BlipProcessor
 from transformers.image_utils import PILImageResampling
 
 from lightning_blip.data.transforms import MEAN, STD
@@ -39,7 +39,7 @@ def image_processor(image_size: int) -> BlipImageProcessor:
     )
 
 
-def blip_tokenizer(config: BlipConfig, vqa: bool = False):
+def blip_tokenizer(config: BlipConfig, vqa: bool = False) -> BertTokenizer:
     """Our BLIP tokenizer, checked against ``config``'s special ids; ``vqa``: [ENC] first instead of [CLS].
 
     Raises:
