@@ -7,8 +7,9 @@ and ``conversion.json`` (the load report: which of our weights came from SRC, wh
 kind lacks and were left at their initialisation, which source keys were tied copies or ignored).
 ``--model blip2`` writes our BLIP-2 model the same way, its LLM in ``llm/``
 (:func:`~lightning_blip.weights.transformers_blip2.convert_transformers_blip2`). ``--to transformers``
-writes a ``save_pretrained`` directory (:mod:`lightning_blip.weights.export_blip`,
-:mod:`lightning_blip.weights.export_blip2`). Every model reads any of these with
+writes a ``save_pretrained`` directory with the processor files of our preprocessing
+(:mod:`lightning_blip.weights.export_blip`, :mod:`lightning_blip.weights.export_blip2`,
+:mod:`lightning_blip.weights.export_processor`). Every model reads any of these with
 ``Model.from_pretrained(path)``. Which (model, from, to) triples exist is :data:`CONVERTERS`.
 """
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.blip_vqa import BlipVQA
+from lightning_blip.weights.export_processor import blip_processor
 from lightning_blip.weights.keymap import rename
 from lightning_blip.weights.transformers_blip import (
     EXPECTED_ABSENT,
@@ -75,7 +76,8 @@ def transformers_config(model: BlipModel | BlipVQA):
 
 def export_transformers_blip(model: BlipModel | BlipVQA, output: str | Path, task: str | None = None) -> Path:
     """Write ``model`` as a transformers BLIP directory that ``from_pretrained`` loads with no missing
-    or unexpected keys.
+    or unexpected keys, with the ``BlipProcessor`` files of our preprocessing
+    (:func:`~lightning_blip.weights.export_processor.blip_processor`).
 
     Args:
         model: a ``BlipModel`` (``task`` "captioning" or "retrieval") or a ``BlipVQA`` (``task`` None
@@ -103,6 +105,7 @@ def export_transformers_blip(model: BlipModel | BlipVQA, output: str | Path, tas
         rules, absent = TRANSFORMERS_BLIP_RULES, EXPECTED_ABSENT[task]
     else:
         raise ValueError(f"a BlipModel exports as task 'captioning' or 'retrieval', not {task!r}")
+    processor = blip_processor(model.config, vqa=task == "vqa")  # checks the tokenizer before writing
     config = transformers_config(model)
     config.architectures = [TRANSFORMERS_CLASSES[task]]
     with torch.device("meta"):
@@ -128,6 +131,7 @@ def export_transformers_blip(model: BlipModel | BlipVQA, output: str | Path, tas
     output.mkdir(parents=True, exist_ok=True)
     save_file(state, output / "model.safetensors", metadata={"format": "pt"})
     config.save_pretrained(output)
+    processor.save_pretrained(str(output))
     return output
 
 

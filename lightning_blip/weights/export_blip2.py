@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from transformers import Blip2Config as HFBlip2Config
 
+from lightning_blip.weights.export_processor import blip2_processor
 from lightning_blip.weights.keymap import rename
 from lightning_blip.weights.transformers_blip import transformers_vision_sizes
 from lightning_blip.weights.transformers_blip2 import (
@@ -154,7 +155,8 @@ def transformers_state_dict(model: nn.Module, hf_model: nn.Module) -> dict[str, 
 def export_blip2_to_transformers(
     model: nn.Module, out_dir: str | Path, image_token_id: int | None = None
 ) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ the LLM's tokenizer) for transformers' BLIP-2.
+    """Write ``config.json`` + ``model.safetensors`` for transformers' BLIP-2, and for a generation
+    model the ``Blip2Processor`` files (our image preprocessing, the LLM's tokenizer, ``num_query_tokens``).
 
     Args:
         model: our :class:`Blip2ForGeneration` (-> ``Blip2ForConditionalGeneration``) or
@@ -174,10 +176,12 @@ def export_blip2_to_transformers(
 
     kind = model_kind(model)
     out = Path(out_dir)
-    tokenizer = None
+    processor = None
     if kind == "generation":
         image_token_id = _image_token_id(model, image_token_id)
         tokenizer = _tokenizer_with_image_token(model.tokenizer, image_token_id)
+        q = model.config.qformer.num_query_tokens
+        processor = blip2_processor(tokenizer, model.config.vision.image_size, q)
     config = transformers_blip2_config(model, image_token_id)
     if config.vision_config.layer_norm_eps != model.image_encoder.ln_vision.eps:
         warnings.warn(
@@ -191,8 +195,8 @@ def export_blip2_to_transformers(
         hf_model = cls(config)
     hf_model.load_state_dict(transformers_state_dict(model, hf_model), strict=True, assign=True)
     hf_model.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    if processor is not None:
+        processor.save_pretrained(str(out))
     return out
 
 
