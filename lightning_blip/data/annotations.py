@@ -1,7 +1,7 @@
 """LAVIS-style image-text annotations: ``.json`` (a list of records) or ``.jsonl`` (one record a line).
 
 A record is ``{"image": relpath, "caption": str | [str], "image_id": scalar (optional)}``; other keys
-are ignored. Malformed records are skipped with one warning line each and counted, never raised; a
+are ignored. Prediction reads records that may lack the caption (or, for retrieval, the image). Malformed records are skipped with one warning line each and counted, never raised; a
 caption without a word is dropped from a record that has others, counted, with one warning per file.
 """
 
@@ -22,9 +22,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ImageTextRecord:
-    """One image with its captions; ``image`` is relative to an image root."""
+    """One image with its captions; ``image`` is relative to an image root (``None``: a text-only
+    prediction record; ``captions`` is empty in an image-only one)."""
 
-    image: str
+    image: str | None
     captions: tuple[str, ...]
     image_id: str
 
@@ -39,32 +40,42 @@ class Annotations:
     dropped_captions: int
 
 
-def parse_record(raw: Any) -> ImageTextRecord:
+OptionalFields = frozenset[str]
+"""The fields a record may lack: none (training, evaluation), ``{"caption"}`` (predicting captions)
+or ``{"caption", "image"}`` (retrieval's prediction embeds whichever a record has)."""
+
+
+def parse_record(raw: Any, optional: OptionalFields = frozenset()) -> ImageTextRecord:
     """Validate one raw record; raises ``TypeError`` or ``ValueError`` saying what is wrong.
 
-    Captions without a word are dropped (:func:`read_annotations` counts them).
+    Captions without a word are dropped (:func:`read_annotations` counts them). The fields in
+    ``optional`` may be missing (null), but a record needs an image or a caption.
     """
-    return _parse_record(raw)[0]
+    return _parse_record(raw, optional)[0]
 
 
-def _parse_record(raw: Any) -> tuple[ImageTextRecord, int]:
+def _parse_record(raw: Any, optional: OptionalFields = frozenset()) -> tuple[ImageTextRecord, int]:
     """:func:`parse_record`'s record and how many of its captions were dropped for having no word."""
     if not isinstance(raw, dict):
         raise TypeError(f"expected an object, got {type(raw).__name__}")
-    image = raw.get("image")
-    if not isinstance(image, str) or not image:
+    image, caption = raw.get("image"), raw.get("caption")
+    if image is None and caption is None and optional:
+        raise ValueError("neither 'image' nor 'caption'")
+    if not (image is None and "image" in optional) and (not isinstance(image, str) or not image):
         raise ValueError("missing or empty 'image'")
-    caption = raw.get("caption")
-    if isinstance(caption, str):
-        caption = [caption]
-    if not (isinstance(caption, list) and caption and all(isinstance(c, str) for c in caption)):
-        raise ValueError("'caption' must be a string or a non-empty list of strings")
-    captions = tuple(c for c in caption if any(ch.isalnum() for ch in c))  # no word: nothing to learn
-    if not captions:
-        raise ValueError("'caption' has no word")
+    if caption is None and "caption" in optional:
+        caption, captions = [], ()
+    else:
+        if isinstance(caption, str):
+            caption = [caption]
+        if not (isinstance(caption, list) and caption and all(isinstance(c, str) for c in caption)):
+            raise ValueError("'caption' must be a string or a non-empty list of strings")
+        captions = tuple(c for c in caption if any(ch.isalnum() for ch in c))  # no word: nothing to learn
+        if not captions:
+            raise ValueError("'caption' has no word")
     image_id = raw.get("image_id")
     if image_id is None:
-        image_id = image
+        image_id = image or ""
     elif isinstance(image_id, (dict, list)):
         raise ValueError("'image_id' must be a scalar")
     record = ImageTextRecord(image=image, captions=captions, image_id=str(image_id))
@@ -136,9 +147,12 @@ def parse_records(
     return records, skipped
 
 
-def read_annotations(paths: str | Path | Sequence[str | Path]) -> Annotations:
+def read_annotations(
+    paths: str | Path | Sequence[str | Path], optional: OptionalFields = frozenset()
+) -> Annotations:
     """Read one or more annotation files: the records, and the malformed records and wordless captions
-    left out (each file warns once with the number of captions it dropped).
+    left out (each file warns once with the number of captions it dropped). ``optional``: the fields
+    a record may lack (:func:`parse_record`).
 
     Raises, naming the file: ``FileNotFoundError`` if it is missing, ``ValueError`` if it is not JSON
     (``.jsonl``: no line is) or its name ends in neither ``.json`` nor ``.jsonl``, ``TypeError`` if a
@@ -150,7 +164,7 @@ def read_annotations(paths: str | Path | Sequence[str | Path]) -> Annotations:
     for path in map(Path, paths):
         check_annotation_file(path)
         items = json_lines(path) if path.suffix == ".jsonl" else _json_list(path)
-        parsed, bad = parse_records(path, items, _parse_record)
+        parsed, bad = parse_records(path, items, lambda raw: _parse_record(raw, optional))
         dropped = sum(drops for _, drops in parsed)
         if dropped:
             log.warning(

@@ -86,13 +86,17 @@ class CaptionDataModule(ImageTextDataModule):
     :class:`~lightning_blip.tasks.caption.CaptionFinetune` and
     :class:`~lightning_blip.tasks.qformer_stage2.QFormerStage2`.
 
-    Takes the arguments of :class:`ImageTextDataModule`; ``eval_batch_size`` counts images.
+    Takes the arguments of :class:`ImageTextDataModule`; ``eval_batch_size`` counts images. Predict
+    records need no caption (``{"image": "x.jpg"}``, ``image_id`` kept when given), and
+    ``predict_images`` captions a folder.
     """
+
+    predict_optional = frozenset({"caption"})
 
     def build_dataset(self, split: str, records: list[ImageTextRecord]) -> Dataset:
         if split == "train":
             return super().build_dataset(split, records)
-        return CaptionEvalDataset(records, self.image_root, eval_transform(self.image_size))
+        return CaptionEvalDataset(records, self.split_image_root(split), eval_transform(self.image_size))
 
     def eval_collate_fn(self) -> Callable[[Sequence[dict[str, Any] | None]], dict[str, Any]]:
         return collate_caption_eval

@@ -10,9 +10,16 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lightning_blip.checks import check_config
-from lightning_blip.data.annotations import ImageTextRecord, read_annotations
+from lightning_blip.data.annotations import (
+    Annotations,
+    ImageTextRecord,
+    OptionalFields,
+    check_annotation_file,
+    read_annotations,
+)
 from lightning_blip.data.collate import ImageTextCollator
 from lightning_blip.data.dataset import ImageTextDataset
+from lightning_blip.data.image_folder import folder_records
 from lightning_blip.data.sampler import ResumableDistributedSampler
 from lightning_blip.data.transforms import eval_transform, train_transform
 from lightning_blip.models.tokenizer import build_tokenizer
@@ -26,6 +33,18 @@ def check_folder(field: str, path: str | Path) -> None:
         raise FileNotFoundError(f"{field} {path} is not a folder (--data.init_args.{field})")
 
 
+def check_annotation_files(field: str, paths: str | list[str] | None) -> None:
+    """Raise, naming ``field``, unless each of ``paths`` is a ``.json`` / ``.jsonl`` file."""
+    for path in [paths] if isinstance(paths, str) else paths or []:
+        try:
+            check_annotation_file(Path(path))
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"{field}: {err} (--data.init_args.{field})") from err
+
+
+Paths = str | list[str] | None
+
+
 class ImageTextDataModule(L.LightningDataModule):
     """Image-text pairs for pretraining and evaluation; batches as documented in ``ImageTextCollator``.
 
@@ -33,6 +52,11 @@ class ImageTextDataModule(L.LightningDataModule):
         train_annotations: ``.json`` / ``.jsonl`` annotation file(s) for training.
         val_annotations: annotation file(s) for validation (optional during fit).
         test_annotations: annotation file(s) for testing.
+        predict_annotations: annotation file(s) for ``predict``; ``None`` uses ``test_annotations``.
+            Their records may lack the fields in :attr:`predict_optional` (e.g. the captions).
+        predict_images: a folder to predict on instead: every image file under it, sorted, its path
+            relative to the folder as ``image`` and ``image_id`` (DataModules that predict from images
+            alone: captioning, retrieval).
         image_root: folder the annotations' image paths are relative to.
         image_size: side of the square images fed to the model, in pixels.
         batch_size: training batch size per device.
@@ -47,8 +71,8 @@ class ImageTextDataModule(L.LightningDataModule):
         seed: seed of the training order and of every sample's augmentation.
         pin_memory: pin batches in page-locked memory.
 
-    The sizes are checked at construction (``ValueError`` naming the field); ``image_root`` must be
-    a folder at ``setup`` (recipes name placeholder paths until then).
+    The sizes and the predict inputs are checked at construction (naming the field); ``image_root``
+    must be a folder at ``setup`` (recipes name placeholder paths until then).
 
     After ``setup``, ``num_skipped_records[split]`` counts the malformed records skipped and
     ``num_dropped_captions[split]`` the captions without a word dropped from records with others.
@@ -60,9 +84,11 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train_annotations: str | list[str] | None = None,
-        val_annotations: str | list[str] | None = None,
-        test_annotations: str | list[str] | None = None,
+        train_annotations: Paths = None,
+        val_annotations: Paths = None,
+        test_annotations: Paths = None,
+        predict_annotations: Paths = None,
+        predict_images: str | None = None,
         image_root: str = ".",
         image_size: int = 224,
         batch_size: int = 32,
@@ -89,7 +115,14 @@ class ImageTextDataModule(L.LightningDataModule):
             "(min, max) area fractions with 0 < min <= max <= 1",
             crop_scale,
         )
-        self.annotations = {"train": train_annotations, "val": val_annotations, "test": test_annotations}
+        self.check_predict_inputs(predict_annotations, predict_images)
+        self.annotations = {
+            "train": train_annotations,
+            "val": val_annotations,
+            "test": test_annotations,
+            "predict": predict_annotations or test_annotations,
+        }
+        self.predict_images = predict_images
         self.image_root = image_root
         self.image_size = image_size
         self.batch_size = batch_size
@@ -107,15 +140,57 @@ class ImageTextDataModule(L.LightningDataModule):
         self.num_dropped_captions: dict[str, int] = {}
         self._resume: dict[str, int] | None = None
 
-    def _load(self, split: str, required: bool) -> None:
+    predict_optional: OptionalFields = frozenset()
+    """The fields a predict record may lack: none here (predict embeds image-caption pairs);
+    captioning: ``{"caption"}``; retrieval: ``{"caption", "image"}``."""
+
+    def check_predict_inputs(self, annotations: Paths, images: str | None) -> None:
+        """Fail naming the field if ``predict_annotations`` / ``predict_images`` cannot be read."""
+        check_config(
+            "predict_images",
+            not (annotations and images),
+            "unset when predict_annotations is set (one input for predict)",
+            images,
+        )
+        check_annotation_files("predict_annotations", annotations)
+        if images is not None:
+            check_config(
+                "predict_images",
+                "caption" in self.predict_optional,
+                f"unset: {type(self).__name__} predicts from image-caption pairs, not images alone",
+                images,
+            )
+            check_folder("predict_images", images)
+
+    def split_image_root(self, split: str) -> str:
+        """The folder a split's image paths are relative to: ``predict_images`` for a predict folder."""
+        return self.predict_images if split == "predict" and self.predict_images else self.image_root
+
+    def _read(self, split: str, required: bool) -> Annotations | None:
+        """The split's records (predict: from the folder, or records that may lack fields); None if unset."""
+        if split == "predict" and self.predict_images:
+            records = folder_records(self.predict_images)
+            if not records:
+                raise ValueError(f"predict_images {self.predict_images}: no image file under it")
+            return Annotations(records, 0, 0)
         paths = self.annotations[split]
         if not paths:  # None, or the recipes' [] left to fill in
             if required:
-                raise ValueError(f"{split}_annotations is not set (--data.{split}_annotations PATH)")
+                hint = " (nor test_annotations, nor predict_images)" if split == "predict" else ""
+                raise ValueError(
+                    f"{split}_annotations is not set{hint} (--data.init_args.{split}_annotations)"
+                )
+            return None
+        optional = self.predict_optional if split == "predict" else frozenset()
+        return read_annotations(paths, optional)
+
+    def _load(self, split: str, required: bool) -> None:
+        loaded = self._read(split, required)
+        if loaded is None:
             return
-        loaded = read_annotations(paths)
         skipped, dropped = loaded.skipped_records, loaded.dropped_captions
         if not loaded.records:
+            paths = self.annotations[split]
             raise ValueError(f"{split}_annotations {paths}: no valid record ({skipped} malformed skipped)")
         if skipped:
             log.warning("%s annotations: skipped %d malformed records", split, skipped)
@@ -133,7 +208,11 @@ class ImageTextDataModule(L.LightningDataModule):
             else eval_transform(self.image_size)
         )
         return ImageTextDataset(
-            records, self.image_root, transform, self.max_words, substitute_corrupt=split == "train"
+            records,
+            self.split_image_root(split),
+            transform,
+            self.max_words,
+            substitute_corrupt=split == "train",
         )
 
     def image_folders(self) -> dict[str, str]:
@@ -141,7 +220,8 @@ class ImageTextDataModule(L.LightningDataModule):
         return {"image_root": self.image_root}
 
     def setup(self, stage: str) -> None:
-        """Check the image folders; load the annotations the stage needs ("fit": train and, if given, val)."""
+        """Check the image folders; load the annotations the stage needs ("fit": train and, if given, val;
+        "predict": ``predict_images``, or ``predict_annotations``, or else ``test_annotations``)."""
         for field, path in self.image_folders().items():
             check_folder(field, path)
         if stage == "fit":
@@ -149,8 +229,10 @@ class ImageTextDataModule(L.LightningDataModule):
             self._load("val", required=False)
         elif stage == "validate":
             self._load("val", required=True)
-        elif stage in ("test", "predict"):
+        elif stage == "test":
             self._load("test", required=True)
+        elif stage == "predict":
+            self._load("predict", required=True)
 
     def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:
@@ -242,8 +324,8 @@ class ImageTextDataModule(L.LightningDataModule):
         return self._eval_dataloader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        """The test annotations, in order (``lightning_blip predict`` writes their embeddings)."""
-        return self._eval_dataloader("test")
+        """The predict records (see ``setup``), in order; ``lightning_blip predict`` writes the task's rows."""
+        return self._eval_dataloader("predict")
 
     def state_dict(self) -> dict[str, Any]:
         """Where training stands: ``{"epoch", "batches_done", "batch_size", "world_size"}``.

@@ -41,7 +41,8 @@ class RetrievalEvalDataset(SkippingImageDataset):
         img2txt: ``img2txt[i]`` lists the text indices of image i.
 
     An unreadable image is skipped with a warning (the item is ``None``); the collator then drops
-    its captions too, so that every evaluated text has its image.
+    its captions too, so that every evaluated text has its image. A text-only record (prediction)
+    gives an item with ``image`` ``None`` and its captions.
     """
 
     def __init__(
@@ -66,14 +67,17 @@ class RetrievalEvalDataset(SkippingImageDataset):
         return len(self.records)
 
     def _load(self, index: int, seed: int | None) -> dict[str, Any] | None:
-        """``{"image": (3, H, W), "index": int, "captions": [str], "text_index": [int]}`` or ``None``."""
-        image = self._read_image(self.records[index].image, index, seed)
-        if image is None:
+        """``{"image": (3, H, W) | None, "index": int, "image_id": str, "captions": [str],
+        "text_index": [int]}``, or ``None`` when the record's image is unreadable."""
+        record = self.records[index]
+        image = None if record.image is None else self._read_image(record.image, index, seed)
+        if image is None and record.image is not None:
             return None
         texts = self.img2txt[index]
         return {
             "image": image,
             "index": index,
+            "image_id": record.image_id,
             "captions": [self.texts[t] for t in texts],
             "text_index": texts,
         }
@@ -82,14 +86,16 @@ class RetrievalEvalDataset(SkippingImageDataset):
 class RetrievalCollator(ImageTextCollator):
     """Batch evaluation items (``None`` for a skipped image) of :class:`RetrievalEvalDataset`.
 
-    Returns ``{"image": (B, 3, H, W), "index": (B,) image indices, "input_ids": (T, L),
-    "attention_mask": (T, L), "text_index": (T,) text indices, "text_image_index": (T,) the image
-    index of each text, "caption": list of T str, "num_skipped": int}``, where T counts the captions
-    of the B images. Token ids are ``[CLS] ... [SEP]`` padded to the longest, at most ``max_length``.
+    Returns ``{"image": (B, 3, H, W), "index": (B,) image indices, "image_id": B str, "input_ids":
+    (T, L), "attention_mask": (T, L), "text_index": (T,) text indices, "text_image_index": (T,) the
+    image index of each text, "caption": list of T str, "num_skipped": int}``, where T counts the
+    captions of the items and B their images (text-only items have none). Token ids are
+    ``[CLS] ... [SEP]`` padded to the longest, at most ``max_length``.
     """
 
     def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [item for item in items if item is not None]
+        images = [item for item in kept if item["image"] is not None]
         captions = [c for item in kept for c in item["captions"]]
         text_image = [item["index"] for item in kept for _ in item["captions"]]
         if captions:
@@ -100,8 +106,9 @@ class RetrievalCollator(ImageTextCollator):
         else:
             input_ids, attention_mask = torch.zeros(2, 0, 0, dtype=torch.long)
         return {
-            "image": torch.stack([item["image"] for item in kept]) if kept else torch.zeros(0, 3, 0, 0),
-            "index": torch.tensor([item["index"] for item in kept], dtype=torch.long),
+            "image": torch.stack([item["image"] for item in images]) if images else torch.zeros(0, 3, 0, 0),
+            "index": torch.tensor([item["index"] for item in images], dtype=torch.long),
+            "image_id": [item["image_id"] for item in images],
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "text_index": torch.tensor([t for item in kept for t in item["text_index"]], dtype=torch.long),
@@ -118,13 +125,18 @@ class RetrievalDataModule(ImageTextDataModule):
     :class:`~lightning_blip.tasks.retrieval.RetrievalFinetune`'s re-ranked retrieval.
 
     Takes the arguments of :class:`ImageTextDataModule`; ``eval_batch_size`` counts images. BLIP's
-    evaluation captions are cut at 35 tokens (``max_length: 35`` in the recipes).
+    evaluation captions are cut at 35 tokens (``max_length: 35`` in the recipes). Predict records
+    may hold an image or captions or both (``predict_images``: a folder of images), and predict
+    embeds whichever is given.
     """
+
+    predict_optional = frozenset({"caption", "image"})
 
     def build_dataset(self, split: str, records: list[ImageTextRecord]) -> Dataset:
         if split == "train":
             return super().build_dataset(split, records)
-        return RetrievalEvalDataset(records, self.image_root, eval_transform(self.image_size), self.max_words)
+        root = self.split_image_root(split)
+        return RetrievalEvalDataset(records, root, eval_transform(self.image_size), self.max_words)
 
     def eval_collate_fn(self) -> RetrievalCollator:
         return RetrievalCollator(self.tokenizer, self.collator.max_length)

@@ -30,7 +30,7 @@ from lightning_blip.data.annotations import (
     parse_records,
     read_json,
 )
-from lightning_blip.data.datamodule import ImageTextDataModule
+from lightning_blip.data.datamodule import ImageTextDataModule, Paths, check_annotation_files
 from lightning_blip.data.dataset import SkippingImageDataset
 from lightning_blip.data.text import pre_question
 from lightning_blip.data.transforms import eval_transform, train_transform
@@ -345,9 +345,6 @@ class VQACollator:
         }
 
 
-Paths = str | list[str] | None
-
-
 class VQADataModule(ImageTextDataModule):
     """VQA fine-tuning and evaluation data; batches as documented in :class:`VQACollator`.
 
@@ -357,6 +354,9 @@ class VQADataModule(ImageTextDataModule):
         train_questions, val_questions, test_questions: VQAv2 question files or flat files.
         train_annotations, val_annotations, test_annotations: VQAv2 annotation files joined on
             ``question_id`` (not needed for flat files; optional for test).
+        predict_questions: question files for ``predict`` (``None``: ``test_questions`` and
+            ``test_annotations``); questions need no answer (flat ``{"image", "question"}`` records,
+            ``question_id`` kept when given).
         answer_list: ``.json`` list of candidate answers for ranking (``self.answer_list``).
         image_root: folder of the images (VQAv2: the folder holding ``train2014/`` ...).
         vg_image_root: folder of Visual Genome images of flat ``"dataset": "vg"`` records (like
@@ -379,6 +379,7 @@ class VQADataModule(ImageTextDataModule):
         val_annotations: Paths = None,
         test_questions: Paths = None,
         test_annotations: Paths = None,
+        predict_questions: Paths = None,
         answer_list: str | None = None,
         image_root: str = ".",
         vg_image_root: str | None = None,
@@ -410,10 +411,12 @@ class VQADataModule(ImageTextDataModule):
             pin_memory=pin_memory,
         )
         check_config("max_question_words", max_question_words >= 1, "at least 1", max_question_words)
+        check_annotation_files("predict_questions", predict_questions)
         self.vqa_files = {
             "train": (train_questions, train_annotations),
             "val": (val_questions, val_annotations),
             "test": (test_questions, test_annotations),
+            "predict": (predict_questions, None) if predict_questions else (test_questions, test_annotations),
         }
         self.answer_list_path = answer_list
         self.answer_list: list[str] | None = None
@@ -440,10 +443,11 @@ class VQADataModule(ImageTextDataModule):
         questions, annotations = self.vqa_files[split]
         if not questions:
             if required:
-                raise ValueError(f"{split}_questions is not set")
+                hint = " (nor test_questions)" if split == "predict" else ""
+                raise ValueError(f"{split}_questions is not set{hint} (--data.init_args.{split}_questions)")
             return
         records, skipped = load_vqa(
-            questions, annotations, self.image_template, require_answers=split != "test"
+            questions, annotations, self.image_template, require_answers=split not in ("test", "predict")
         )
         if not records:
             raise ValueError(f"{split}_questions {questions}: no valid question ({skipped} skipped)")

@@ -27,7 +27,7 @@ class CaptionFinetune(CaptionEval, BlipTask):
     smoothing, the prompt's tokens and padding not scored, normalised by the scored tokens of all
     ranks (W ranks equal one rank with the same global batch). Validation/test: beam-search captions
     for every image, scored with CIDEr-D, BLEU-4 and ROUGE-L (:class:`CaptionEval`); predict returns
-    ``{"image_id", "caption"}``.
+    ``{"index", "image_id", "caption"}``.
 
     Args:
         config: the MED model (ViT + text transformer).
@@ -136,11 +136,3 @@ class CaptionFinetune(CaptionEval, BlipTask):
 
     def on_test_epoch_end(self) -> None:
         self.log_caption_metrics("test")
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, list]:
-        """``{"image_id": B ids, "caption": B captions}`` for the batch's images."""
-        ids = batch["image_id"]
-        return {
-            "image_id": ids.tolist() if isinstance(ids, Tensor) else list(ids),
-            "caption": self.generate_captions(batch["image"]) if len(batch["image"]) else [],
-        }

@@ -41,7 +41,8 @@ class CaptionEval:
     indices, the image ids of the metrics) is captioned and scored; other batches are left to the
     module. The metrics gather every rank's captions and drop the repeats that a distributed
     sampler adds; ``val/cider``, ``val/bleu4``, ``val/rouge_l`` (``test/...``) are logged at the
-    epoch's end, as pycocoevalcap reports them (CIDEr 1.3 = the papers' 130).
+    epoch's end, as pycocoevalcap reports them (CIDEr 1.3 = the papers' 130). Predict captions
+    any batch of images, references or not.
     """
 
     caption_metrics: nn.ModuleDict
@@ -69,6 +70,15 @@ class CaptionEval:
         for metric in self.caption_metrics.values():
             metric.update(captions, batch["references"], ids=batch["index"])
         return captions
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        """``{"index": (B,), "image_id": B ids, "caption": B captions}`` for the batch's images."""
+        ids = batch["image_id"]
+        return {
+            "index": batch["index"],
+            "image_id": ids.tolist() if isinstance(ids, Tensor) else list(ids),
+            "caption": self.generate_captions(batch["image"]) if len(batch["image"]) else [],
+        }
 
     def log_caption_metrics(self, stage: str) -> dict[str, float]:
         """Score the epoch's captions, log ``{stage}/cider`` etc. and reset; ``{}`` if none were made.

@@ -124,10 +124,3 @@ class QFormerStage2(CaptionEval, BlipTask):
     def generate_captions(self, images: Tensor) -> list[str]:
         """Captions of ``(B, 3, H, W)`` images with ``generate_kwargs`` (the config's prompt)."""
         return self.model.generate(images, **self.generate_kwargs)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Captions of the batch's images: ``{"index", "caption"}``."""
-        return {
-            "index": batch["index"],
-            "caption": self.model.generate(batch["image"], **self.generate_kwargs),
-        }

@@ -97,14 +97,15 @@ class RerankRetrievalEval:
 
     on_test_epoch_end = on_validation_epoch_end
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, dict[str, Tensor]]:
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, dict]:
         """ITC features for offline retrieval, as two streams (a batch has more texts than images):
-        ``{"images": {"index", "image_embeds"}, "texts": {"text_index", "text_embeds"}}``."""
+        ``{"images": {"index", "image_id", "image_embeds"}, "texts": {"text_index", "caption",
+        "text_embeds"}}``; a stream without rows (images only, texts only) has no embeddings."""
         model = self.retrieval_model()
-        return {
-            "images": {"index": batch["index"], "image_embeds": model.encode_image(batch["image"])},
-            "texts": {
-                "text_index": batch["text_index"],
-                "text_embeds": model.encode_text(batch["input_ids"], batch["attention_mask"]),
-            },
-        }
+        images = {"index": batch["index"], "image_id": batch["image_id"]}
+        if len(batch["index"]):
+            images["image_embeds"] = model.encode_image(batch["image"])
+        texts = {"text_index": batch["text_index"], "caption": batch["caption"]}
+        if len(batch["text_index"]):
+            texts["text_embeds"] = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        return {"images": images, "texts": texts}

@@ -172,6 +172,6 @@ class VQAFinetune(BlipTask):
         self._log_accuracy(self.test_accuracy, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
-        """``{"question_id": list, "answer": list[str]}`` for the batch's questions."""
+        """``{"index": (B,), "question_id": list, "answer": list[str]}`` for the batch's questions."""
         answers = self.predict_answers(batch) if batch["image"].shape[0] else []
-        return {"question_id": batch["question_id"], "answer": answers}
+        return {"index": batch["index"], "question_id": batch["question_id"], "answer": answers}

@@ -209,7 +209,7 @@ def test_validate_test_and_predict_subcommands(tmp_path: Path):
 
 
 @pytest.mark.parametrize("name", ["caption_coco", "vqa_v2", "retrieval_coco"])
-def test_predict_writes_one_json_line_per_id(name: str, tmp_path: Path, monkeypatch):
+def test_predict_writes_one_json_line_per_id(name: str, tmp_path: Path):
     """`lightning_blip predict -c recipes/<task>.yaml` writes captions / answers / embeddings."""
     recipe = REPO / "recipes" / f"{name}.yaml"
     data = _data_args(recipe, tmp_path)
@@ -219,7 +219,6 @@ def test_predict_writes_one_json_line_per_id(name: str, tmp_path: Path, monkeypa
     else:  # Karpathy-style test references, with one unreadable image
         annotations = Path(data[0].split("=[")[1].rstrip("]"))
         data.append(f"--data.init_args.test_annotations=[{write_fake_caption_eval(annotations, corrupt=1)}]")
-    monkeypatch.chdir(tmp_path)  # the recipes write to predictions/<recipe>/
     main(
         [
             "predict",
@@ -228,10 +227,11 @@ def test_predict_writes_one_json_line_per_id(name: str, tmp_path: Path, monkeypa
             "-c",
             _override(recipe),
             f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
             *data,
         ]
     )
-    out = tmp_path / "predictions" / name
+    out = tmp_path / "predictions"  # the run's folder: default_root_dir without a logger
     if name == "retrieval_coco":
         images = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
         texts = [json.loads(line) for line in (out / "texts.jsonl").read_text().splitlines()]

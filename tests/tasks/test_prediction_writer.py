@@ -44,7 +44,7 @@ def test_merge_drops_padding_repeats_in_lines_and_embeddings(tmp_path: Path):
             {"text_embeds": torch.tensor(ids, dtype=torch.float)[:, None].repeat(1, 3)},
             str(writer._part("predictions", rank, "safetensors")),
         )
-    out = writer.merge("predictions", world_size=2)
+    out = writer.merge("predictions", world_size=2)[0]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["id"] for row in lines] == [0, 2, 4, 1, 3]
     saved = load_file(str(tmp_path / "predictions.safetensors"))
@@ -61,7 +61,7 @@ def test_rows_with_a_null_id_are_all_kept_and_fall_back_to_the_next_id_key(tmp_p
         {"question_id": None, "index": 5, "answer": "b"},
     ]
     writer._part("predictions", 0, "jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    merged = writer.merge("predictions", world_size=1).read_text().splitlines()
+    merged = writer.merge("predictions", world_size=1)[0].read_text().splitlines()
     assert [json.loads(line)["answer"] for line in merged] == ["a0", "a1", "a2", "b"]
 
 
@@ -98,3 +98,32 @@ def test_trainer_predict_writes_one_line_per_input(tmp_path: Path):
     lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert lines == [{"image_id": i, "caption": f"caption {i}"} for i in range(10)]
     assert load_file(str(tmp_path / "predictions.safetensors"))["image_embeds"].shape == (10, 2)
+
+
+def _predict(writer: PredictionWriter, root: Path, n: int = 3) -> None:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=str(root),
+        callbacks=[writer],
+    )
+    trainer.predict(_Captioner(), DataLoader(torch.arange(n), batch_size=2), return_predictions=False)
+
+
+def test_default_folder_is_the_runs_and_overwrite_must_be_asked_for(tmp_path: Path, capsys):
+    _predict(PredictionWriter(), tmp_path)
+    out = tmp_path / "predictions"
+    assert f"predictions written to {out / 'predictions.jsonl'}" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="predictions.jsonl"):
+        _predict(PredictionWriter(), tmp_path, n=5)
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
+    _predict(PredictionWriter(overwrite=True), tmp_path, n=5)
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 5
+
+
+def test_a_stream_without_rows_writes_no_file(tmp_path: Path):
+    writer = PredictionWriter(str(tmp_path))
+    writer._part("texts", 0, "jsonl").write_text("")
+    assert writer.merge("texts", world_size=1) == [] and list(tmp_path.iterdir()) == []
