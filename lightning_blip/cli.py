@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_blip.checkpoints import check_distributed_checkpoint
+from lightning_blip.cli_overrides import check_checkpoint_fits, command_line_model_keys, reapply
 
 
 class BlipCLI(LightningCLI):
@@ -27,6 +28,25 @@ class BlipCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        self._command_line = sys.argv[1:] if args is None else args
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """The checkpoint's hyper-parameters over the recipe, then the command line's ``--model.<field>``
+        options over both (LightningCLI alone would drop them, see :mod:`lightning_blip.cli_overrides`)."""
+        given = self.config.clone()
+        super()._parse_ckpt_path()
+        self._overridden = {}
+        if isinstance(self._command_line, list) and self.config.get("subcommand"):
+            keys = command_line_model_keys(self._command_line, self.config.subcommand)
+            self._overridden = reapply(self.config, given, keys)
+
+    def after_instantiate_classes(self) -> None:
+        path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if path and Path(path).is_file():
+            check_checkpoint_fits(self.model, path, self._overridden)
 
     def _check_checkpoint_dir(self) -> None:
         """Lightning resumes from a directory (FSDP2) with torch's unrestricted unpickler: refuse
