@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
 from torch import nn
+
+from lightning_blip.models.checkpoint_io import load_torch_file
 
 _CONTAINER_KEYS = ("init_args", "dict_kwargs")
 
@@ -67,7 +68,7 @@ def check_checkpoint_fits(
 ) -> None:
     """Raise ``ValueError`` if ``model``'s tensors differ in shape from the checkpoint's ``state_dict``,
     naming the first such key, both shapes and the command-line settings that differ from the checkpoint."""
-    checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+    checkpoint = load_torch_file(ckpt_path, mmap=True)
     theirs = checkpoint.get("state_dict", {})
     for key, value in model.state_dict().items():
         if key in theirs and theirs[key].shape != value.shape:
