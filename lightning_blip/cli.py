@@ -15,6 +15,7 @@ from lightning_blip.checkpoints import check_distributed_checkpoint
 from lightning_blip.cli_commands import COMMANDS, LIGHTNING_COMMANDS, overview, unknown_command
 from lightning_blip.cli_errors import underlying_error
 from lightning_blip.cli_overrides import check_checkpoint_fits, command_line_model_keys, reapply
+from lightning_blip.cli_quiet import silence_tips
 
 
 class BlipCLI(LightningCLI):
@@ -22,6 +23,7 @@ class BlipCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        silence_tips()
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,

@@ -83,3 +83,23 @@ def test_an_error_while_the_model_is_built_ends_with_its_line(option, last_line:
     assert result.returncode != 0
     assert re.search(last_line, result.stderr.strip().splitlines()[-1])
     assert "Namespace(" not in result.stderr
+
+
+def test_a_tiny_fit_prints_no_tips_and_none_of_our_deprecations(tmp_path: Path):
+    from fake_data import write_fake_dataset
+
+    train = write_fake_dataset(tmp_path / "images", num_images=4)
+    data = [f"--data.init_args.train_annotations=[{train}]", f"--data.init_args.image_root={train.parent}"]
+    recipe = [
+        "-c",
+        str(REPO / "recipes/blip_pretrain.yaml"),
+        "-c",
+        str(REPO / "tests/tiny.yaml"),
+        "--trainer.fast_dev_run=1",
+    ]
+    command = [sys.executable, "-W", "default", "-m", "lightning_blip", "fit", *recipe, *data]
+    result = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert "Tip:" not in output and "litlogger" not in output and "litmodels" not in output
+    ours = [line for line in output.splitlines() if "lightning_blip" in line and "Warning" in line]
+    assert not ours, ours
