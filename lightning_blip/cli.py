@@ -8,7 +8,14 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+# imported so that jsonargparse resolves the short names of their classes: `--model CaptionFinetune`
+import lightning_blip.data
+import lightning_blip.tasks  # noqa: F401
 from lightning_blip.checkpoints import check_distributed_checkpoint
+from lightning_blip.cli_commands import COMMANDS, LIGHTNING_COMMANDS, overview, unknown_command
+from lightning_blip.cli_errors import underlying_error
+from lightning_blip.cli_overrides import check_checkpoint_fits, command_line_model_keys, reapply
+from lightning_blip.cli_quiet import silence_tips
 
 
 class BlipCLI(LightningCLI):
@@ -16,6 +23,7 @@ class BlipCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        silence_tips()
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
@@ -28,6 +36,36 @@ class BlipCLI(LightningCLI):
             **kwargs,
         )
 
+    def parse_arguments(self, parser, args) -> None:
+        self._command_line = sys.argv[1:] if args is None else args
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """The checkpoint's hyper-parameters over the recipe, then the command line's ``--model.<field>``
+        options over both (LightningCLI alone would drop them, see :mod:`lightning_blip.cli_overrides`)."""
+        given = self.config.clone()
+        super()._parse_ckpt_path()
+        self._overridden = {}
+        if isinstance(self._command_line, list) and self.config.get("subcommand"):
+            keys = command_line_model_keys(self._command_line, self.config.subcommand)
+            self._overridden = reapply(self.config, given, keys)
+
+    def instantiate_classes(self) -> None:
+        """As LightningCLI's, but an error of a model's or data's ``__init__`` is raised as itself, so
+        the output ends with its message instead of jsonargparse's dump of the config."""
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            cause = underlying_error(error)
+            if cause is error:
+                raise
+            raise cause from None
+
+    def after_instantiate_classes(self) -> None:
+        path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if path and Path(path).is_file():
+            check_checkpoint_fits(self.model, path, self._overridden)
+
     def _check_checkpoint_dir(self) -> None:
         """Lightning resumes from a directory (FSDP2) with torch's unrestricted unpickler: refuse
         one that would need it, before the trainer reads anything."""
@@ -38,24 +76,18 @@ class BlipCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _check_checkpoint_dir
 
 
-COMMANDS = {
-    "quickstart": "lightning_blip.quickstart:main",
-    "easy-vqa-finetune": "lightning_blip.easy_vqa_finetune:main",
-    "blip2-miniature": "lightning_blip.blip2_miniature:main",
-    "consolidate": "lightning_blip.checkpoints:main",
-    "convert": "lightning_blip.weights.convert:main",
-    "capfilt": "lightning_blip.capfilt.command:main",
-    "capfilt-demo": "lightning_blip.capfilt_demo:main",
-}
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lightning_blip`` console script."""
     command_line = sys.argv[1:] if argv is None else argv
     if command_line and command_line[0] in COMMANDS:
-        module, func = COMMANDS[command_line[0]].split(":")
+        module, func = COMMANDS[command_line[0]].target.split(":")
         getattr(__import__(module, fromlist=[func]), func)(command_line[1:])
         return
+    if not command_line or command_line[0] in ("-h", "--help"):
+        print(overview())
+        return
+    if not command_line[0].startswith("-") and command_line[0] not in LIGHTNING_COMMANDS:
+        sys.exit(unknown_command(command_line[0]))
     BlipCLI(args=argv)  # None: LightningCLI reads sys.argv (given args as well, it warns)
 
 

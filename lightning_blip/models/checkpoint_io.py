@@ -45,10 +45,13 @@ def load_torch_file(path: str | Path, mmap: bool = False) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
+        # torch's message spans lines of advice; the one naming what it refused is enough here
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
         raise ValueError(
             f"{path} needs arbitrary unpickling to load, which is refused for safety "
-            f"(torch.load(weights_only=True) failed: {err}). Re-save it as safetensors or as a plain "
-            "state dict of tensors."
+            f"(torch.load(weights_only=True): {reason.split('. Please use')[0]}); re-save it as safetensors "
+            "or as a plain state dict of tensors"
         ) from err
     except Exception as err:  # empty, truncated or not a torch file at all: torch raises many kinds
         raise ValueError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: {err})") from err

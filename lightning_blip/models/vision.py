@@ -113,6 +113,12 @@ class VisionEncoder(nn.Module):
             )
         for drop in [k for k in state if k.startswith(("head.", "fc_norm."))]:
             state.pop(drop)
+        for key, value in state.items():
+            if key in own and value.shape != own[key].shape:
+                raise ValueError(
+                    f"vision weights {source}: {key!r} has shape {tuple(value.shape)}, "
+                    f"this model's has {tuple(own[key].shape)}"
+                )
         missing, unexpected = self.vit.load_state_dict(state, strict=False)
         # blocks removed by ``num_removed_blocks`` are expected to be unused
         unexpected = [k for k in unexpected if not k.startswith("blocks.")]
