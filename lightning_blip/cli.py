@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_blip.checkpoints import check_distributed_checkpoint
+from lightning_blip.resume import resume_last
 
 
 class BlipCLI(LightningCLI):
@@ -35,7 +36,14 @@ class BlipCLI(LightningCLI):
         if path and Path(path).is_dir():
             check_distributed_checkpoint(path)
 
-    before_fit = before_validate = before_test = before_predict = _check_checkpoint_dir
+    def before_fit(self) -> None:
+        """``--ckpt_path=last``: the run's newest last checkpoint, logging on where that run logged."""
+        if self.config_init[self.subcommand].get("ckpt_path") == "last":
+            path = str(resume_last(self.trainer))
+            self.config_init[self.subcommand]["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = path
+        self._check_checkpoint_dir()
+
+    before_validate = before_test = before_predict = _check_checkpoint_dir
 
 
 COMMANDS = {

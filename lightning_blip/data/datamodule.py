@@ -13,7 +13,7 @@ from lightning_blip.checks import check_config
 from lightning_blip.data.annotations import ImageTextRecord, read_annotations
 from lightning_blip.data.collate import ImageTextCollator
 from lightning_blip.data.dataset import ImageTextDataset
-from lightning_blip.data.sampler import ResumableDistributedSampler
+from lightning_blip.data.sampler import ResumableDataLoader, ResumableDistributedSampler
 from lightning_blip.data.transforms import eval_transform, train_transform
 from lightning_blip.models.tokenizer import build_tokenizer
 
@@ -190,7 +190,7 @@ class ImageTextDataModule(L.LightningDataModule):
         # loader is iterated, which on resume happens before Lightning sets the epoch
         sampler.set_epoch(epoch)
         sampler.skip(skip)
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -1,0 +1,89 @@
+"""``lightning_blip fit --ckpt_path=last`` after a SIGKILL: the run's last checkpoint, the same losses as
+an uninterrupted run, one metrics file; no last checkpoint stops with an error."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fake_data import write_fake_dataset
+
+from lightning_blip.cli import BlipCLI
+
+REPO = Path(__file__).resolve().parents[2]
+LOSSES = ("train/loss_itc", "train/loss_itm", "train/loss_lm")
+
+
+def _args(root: Path, annotations: Path) -> list[str]:
+    return [
+        "-c", str(REPO / "recipes" / "blip_pretrain.yaml"), "-c", str(REPO / "tests" / "tiny.yaml"),
+        f"--data.init_args.train_annotations=[{annotations}]", f"--data.init_args.image_root={annotations.parent}",
+        "--data.init_args.randaugment=true",
+        "--model.init_args.lr_scheduler.init_args.warmup_steps=4",
+        "--trainer.max_steps=10", "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={root}",
+        "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={root}",
+        "--trainer.logger.flush_logs_every_n_steps=1",  # the killed run's rows reach the file
+        "--trainer.callbacks.every_n_train_steps=3",  # the recipe's ModelCheckpoint (save_last: true)
+    ]  # fmt: skip
+
+
+def _rows(metrics: Path) -> list[tuple[int, tuple[float, ...]]]:
+    with metrics.open() as f:
+        return [
+            (int(r["step"]), tuple(float(r[k]) for k in LOSSES))
+            for r in csv.DictReader(f)
+            if r.get(LOSSES[0])
+        ]
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, "-m", "lightning_blip", "fit", *args]
+    return subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_fit_resumes_by_last_after_a_kill(tmp_path):
+    annotations = write_fake_dataset(tmp_path / "images", num_images=32)  # 8 steps per epoch
+    full = BlipCLI(args=_args(tmp_path / "full", annotations), run=False)
+    full.trainer.fit(full.model, datamodule=full.datamodule)
+    expected = dict(_rows(tmp_path / "full" / "lightning_logs" / "version_0" / "metrics.csv"))
+    assert sorted(expected) == list(range(10))
+
+    root = tmp_path / "run"
+    killed = _cli(
+        [
+            *_args(root, annotations),
+            "--trainer.callbacks+=kill_switch.KillAtStep",
+            "--trainer.callbacks.step=8",
+        ]
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    folder = root / "lightning_logs" / "version_0"
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+    resumed = _cli([*_args(root, annotations), "--ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {folder / 'checkpoints' / 'last.ckpt'}" in resumed.stderr
+    assert "not resumable" not in resumed.stderr  # the DataModule restores the position within the epoch
+    assert sorted(p.name for p in (root / "lightning_logs").iterdir()) == ["version_0"]  # no version_1
+    rows = _rows(folder / "metrics.csv")
+    # the killed run's steps 0-7, then the resumed run's 6-9 (6 and 7 logged again after the checkpoint)
+    assert [step for step, _ in rows] == [*range(8), *range(6, 10)]
+    for step, losses in rows:
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected[step]), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_by_last_without_a_last_checkpoint_stops(tmp_path):
+    annotations = write_fake_dataset(tmp_path / "images", num_images=8)
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last: no last"):
+        BlipCLI(args=["fit", *_args(tmp_path, annotations), "--ckpt_path=last"])
+    assert not list(tmp_path.rglob("metrics.csv"))  # nothing trained
