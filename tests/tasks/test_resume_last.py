@@ -26,7 +26,7 @@ def _args(root: Path, annotations: Path) -> list[str]:
         f"--data.init_args.train_annotations=[{annotations}]", f"--data.init_args.image_root={annotations.parent}",
         "--data.init_args.randaugment=true",
         "--model.init_args.lr_scheduler.init_args.warmup_steps=4",
-        "--trainer.max_steps=10", "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={root}",
+        "--trainer.max_steps=6", "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={root}",
         "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={root}",
         "--trainer.logger.flush_logs_every_n_steps=1",  # the killed run's rows reach the file
         "--trainer.callbacks.every_n_train_steps=3",  # the recipe's ModelCheckpoint (save_last: true)
@@ -52,23 +52,25 @@ def _cli(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_fit_resumes_by_last_after_a_kill(tmp_path):
-    annotations = write_fake_dataset(tmp_path / "images", num_images=32)  # 8 steps per epoch
+    annotations = write_fake_dataset(tmp_path / "images", num_images=16)  # 4 steps per epoch
     full = BlipCLI(args=_args(tmp_path / "full", annotations), run=False)
     full.trainer.fit(full.model, datamodule=full.datamodule)
     expected = dict(_rows(tmp_path / "full" / "lightning_logs" / "version_0" / "metrics.csv"))
-    assert sorted(expected) == list(range(10))
+    assert sorted(expected) == list(range(6))
 
     root = tmp_path / "run"
     killed = _cli(
         [
             *_args(root, annotations),
             "--trainer.callbacks+=kill_switch.KillAtStep",
-            "--trainer.callbacks.step=8",
+            "--trainer.callbacks.step=5",
         ]
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     folder = root / "lightning_logs" / "version_0"
-    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert (
+        torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    )  # mid-epoch
 
     resumed = _cli([*_args(root, annotations), "--ckpt_path=last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -76,8 +78,8 @@ def test_fit_resumes_by_last_after_a_kill(tmp_path):
     assert "not resumable" not in resumed.stderr  # the DataModule restores the position within the epoch
     assert sorted(p.name for p in (root / "lightning_logs").iterdir()) == ["version_0"]  # no version_1
     rows = _rows(folder / "metrics.csv")
-    # the killed run's steps 0-7, then the resumed run's 6-9 (6 and 7 logged again after the checkpoint)
-    assert [step for step, _ in rows] == [*range(8), *range(6, 10)]
+    # the killed run's steps 0-4, then the resumed run's 3-5 (3 and 4 again: logged after the checkpoint)
+    assert [step for step, _ in rows] == [*range(5), *range(3, 6)]
     for step, losses in rows:
         torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected[step]), rtol=1e-5, atol=1e-6)
 
