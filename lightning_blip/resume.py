@@ -63,28 +63,23 @@ def logger_version(logger: Logger, checkpoint: Path) -> int | str | None:
 def _continue_csv(logger: CSVLogger) -> None:
     """Open ``logger``'s writer on its existing ``metrics.csv`` so that new rows are appended.
 
-    Lightning's writer deletes the file of a folder it finds in use; the rows are read first and
-    written back, and the writer is told their columns.
+    Lightning's writer deletes the file of a folder it finds in use: the file is moved aside while
+    the writer is made, then moved back, and the writer is told its columns.
     """
     path = Path(logger.log_dir) / "metrics.csv"
-    rows: list[dict[str, str]] = []
+    aside = path.with_name(path.name + ".resume")
     columns: list[str] = []
     if path.is_file():
         with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            rows, columns = list(reader), list(reader.fieldnames or [])
-    with warnings.catch_warnings():  # "Previous log files ... will be deleted": they are kept below
+            columns = next(csv.reader(f), [])
+    if columns:  # an empty file is left to the writer to delete
+        os.replace(path, aside)
+    with warnings.catch_warnings():  # "Previous log files ... will be deleted": none are
         warnings.filterwarnings("ignore", message="Experiment logs directory")
         writer = logger.experiment
-    if not rows:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=columns)
-        out.writeheader()
-        out.writerows(rows)
-    os.replace(tmp, path)
-    writer.metrics_keys = columns
+    if columns:
+        os.replace(aside, path)
+        writer.metrics_keys = columns
 
 
 def continue_logging(trainer: L.Trainer, checkpoint: Path) -> None:
