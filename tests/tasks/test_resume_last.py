@@ -10,11 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from fake_data import write_fake_dataset
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_blip.cli import BlipCLI
+from lightning_blip.resume import resume_last
 
 REPO = Path(__file__).resolve().parents[2]
 LOSSES = ("train/loss_itc", "train/loss_itm", "train/loss_lm")
@@ -89,3 +92,16 @@ def test_fit_by_last_without_a_last_checkpoint_stops(tmp_path):
     with pytest.raises(FileNotFoundError, match="ckpt_path=last: no last"):
         BlipCLI(args=["fit", *_args(tmp_path, annotations), "--ckpt_path=last"])
     assert not list(tmp_path.rglob("metrics.csv"))  # nothing trained
+
+
+def test_last_is_the_newest_over_versions_and_pins_that_version(tmp_path):
+    for version, mtime in (("version_0", 2_000_000), ("version_1", 3_000_000), ("version_2", 1_000_000)):
+        path = tmp_path / "logs" / "lightning_logs" / version / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+    logger = CSVLogger(save_dir=tmp_path / "logs")
+    trainer = L.Trainer(logger=logger, default_root_dir=tmp_path, accelerator="cpu")
+    newest = tmp_path / "logs" / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert resume_last(trainer) == newest
+    assert logger.version == 1 and Path(logger.log_dir) == newest.parent.parent  # not a new version_3
