@@ -16,6 +16,7 @@ from lightning_blip.cli_commands import COMMANDS, LIGHTNING_COMMANDS, overview, 
 from lightning_blip.cli_errors import underlying_error
 from lightning_blip.cli_overrides import check_checkpoint_fits, command_line_model_keys, reapply
 from lightning_blip.cli_quiet import silence_tips
+from lightning_blip.resume import resume_last
 
 
 class BlipCLI(LightningCLI):
@@ -73,7 +74,14 @@ class BlipCLI(LightningCLI):
         if path and Path(path).is_dir():
             check_distributed_checkpoint(path)
 
-    before_fit = before_validate = before_test = before_predict = _check_checkpoint_dir
+    def before_fit(self) -> None:
+        """``--ckpt_path=last``: the run's newest last checkpoint, logging on where that run logged."""
+        if self.config_init[self.subcommand].get("ckpt_path") == "last":
+            path = str(resume_last(self.trainer))
+            self.config_init[self.subcommand]["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = path
+        self._check_checkpoint_dir()
+
+    before_validate = before_test = before_predict = _check_checkpoint_dir
 
 
 def main(argv: list[str] | None = None) -> None:

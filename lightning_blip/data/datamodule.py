@@ -20,7 +20,7 @@ from lightning_blip.data.annotations import (
 from lightning_blip.data.collate import ImageTextCollator
 from lightning_blip.data.dataset import ImageTextDataset
 from lightning_blip.data.image_folder import folder_records
-from lightning_blip.data.sampler import ResumableDistributedSampler
+from lightning_blip.data.sampler import ResumableDataLoader, ResumableDistributedSampler
 from lightning_blip.data.transforms import eval_transform, train_transform
 from lightning_blip.models.tokenizer import build_tokenizer
 
@@ -272,7 +272,7 @@ class ImageTextDataModule(L.LightningDataModule):
         # loader is iterated, which on resume happens before Lightning sets the epoch
         sampler.set_epoch(epoch)
         sampler.skip(skip)
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

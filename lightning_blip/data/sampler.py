@@ -1,11 +1,12 @@
-"""A DistributedSampler that gives every sample its own augmentation seed and can skip ahead on resume."""
+"""A DistributedSampler that gives every sample its own augmentation seed and can skip ahead on resume,
+and the DataLoader that Lightning counts as resumable."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
 
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -60,3 +61,19 @@ class ResumableDistributedSampler(DistributedSampler):
             return iter(indices)
         seed, epoch = self.seed, self.epoch
         return ((index, sample_seed(seed, epoch, index)) for index in indices)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` with the ``state_dict`` / ``load_state_dict`` that Lightning looks for to call a
+    loader resumable mid-epoch (otherwise it warns that a mid-epoch resume is unreliable).
+
+    The position is not the loader's own state: the DataModule saves it (``ImageTextDataModule.
+    state_dict``) and, after a restore, builds the loader already at that point of the epoch with a
+    skipping :class:`ResumableDistributedSampler`. So there is nothing here to save or load.
+    """
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
