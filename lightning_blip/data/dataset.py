@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from lightning_blip.data.annotations import ImageTextRecord, expand_captions
 from lightning_blip.data.text import pre_caption
+from lightning_blip.data.warn_once import WarnOnce
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def seeded_rng(seed: int) -> Iterator[None]:
 
 
 class SkippingImageDataset(Dataset):
-    """Base of the image datasets: unreadable images are skipped with a warning and counted.
+    """Base of the image datasets: unreadable images are skipped with a warning (once per file and run,
+    across epochs and DataLoader workers) and counted.
 
     Subclasses implement ``__len__`` and ``_load(index, seed)``, which reads its image through
     :meth:`_read_image` and returns ``None`` when that fails. Only a file that cannot be opened or
@@ -74,6 +76,7 @@ class SkippingImageDataset(Dataset):
         self.num_skipped = 0  # failed reads in this process; the collator reports skips per batch
         self._read_one = False  # an image was read in this process: evaluation stops checking for none
         self._quiet = False  # reads that only check for a readable image: failures not warned or counted
+        self._warned = WarnOnce()  # each unreadable file warned once per run, not once per epoch or worker
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -149,7 +152,15 @@ class SkippingImageDataset(Dataset):
                     raise FileNotFoundError(f"image_root {self.image_root} is not a folder") from err
                 if not self._quiet:
                     self.num_skipped += 1
-                    log.warning("skipping image %s (item %d): %s: %s", path, index, type(err).__name__, err)
+                    self._warned.warn(
+                        log,
+                        str(path),
+                        "skipping image %s (item %d): %s: %s (warned once per run; every skip is counted)",
+                        path,
+                        index,
+                        type(err).__name__,
+                        err,
+                    )
                 return None
             if seed is None:
                 return self.transform(file)

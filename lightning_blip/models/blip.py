@@ -14,6 +14,7 @@ from lightning_blip.layers.heads import LMHead
 from lightning_blip.models.med import LayerCache, MEDConfig, MEDTextModel
 from lightning_blip.models.retrieval import RetrievalMixin
 from lightning_blip.models.vision import VisionConfig, VisionEncoder
+from lightning_blip.weights.keymap import LoadReport
 from lightning_blip.weights.pretrained import FromPretrainedMixin
 
 
@@ -279,8 +280,9 @@ class BlipModel(RetrievalMixin, FromPretrainedMixin, nn.Module):
         total = token_cross_entropy(logits, labels[:, 1:][scored], label_smoothing, reduction="sum")
         return total, scored.sum()
 
-    def load_pretrained(self, source: str | Path | dict[str, Tensor]) -> list[str]:
-        """Initialise every weight from a pretrained MED; returns the source keys not used.
+    def load_pretrained(self, source: str | Path | dict[str, Tensor]) -> LoadReport:
+        """Initialise every weight from a pretrained MED; the report names the source keys not used
+        (``ignored``).
 
         ``source``: a weights file (safetensors or torch, a Lightning checkpoint included) or a state
         dict with :class:`BlipModel` keys, possibly under ``model.blip.`` (``MEDPretrain``) or
@@ -310,4 +312,7 @@ class BlipModel(RetrievalMixin, FromPretrainedMixin, nn.Module):
                     f"this model's has {tuple(value.shape)}"
                 )
         self.load_state_dict({k: state[k] for k in own}, strict=False)
-        return sorted(k for k in state if k not in own and not k.startswith(prefix))
+        loaded = sorted([*own, *(prefix + k for k in vision)])
+        return LoadReport(
+            loaded=loaded, ignored=sorted(k for k in state if k not in own and not k.startswith(prefix))
+        )

@@ -27,6 +27,7 @@ from lightning_blip.models.generation import decode_captions, generate_ids, one_
 from lightning_blip.models.med import LayerCache, MEDTextModel
 from lightning_blip.models.tokenizer import default_tokenizer
 from lightning_blip.models.vision import VisionEncoder
+from lightning_blip.weights.keymap import LoadReport
 from lightning_blip.weights.pretrained import FromPretrainedMixin
 
 InferenceMode = Literal["generate", "rank"]
@@ -39,16 +40,6 @@ class QuestionStates(NamedTuple):
 
     states: Tensor
     mask: Tensor | None
-
-
-class VQAInitReport(NamedTuple):
-    """What :meth:`BlipVQA.load_pretrained` did, by target name: loaded, left at their initialisation
-    because the source shape differs (e.g. the answer decoder's cross-attention keys/values when the
-    ViT width differs from the text width), and source keys not used."""
-
-    loaded: list[str]
-    mismatched: list[str]
-    ignored: list[str]
 
 
 def tokenize_questions(
@@ -308,7 +299,7 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
         raise ValueError(f"mode must be 'generate' or 'rank', got {mode!r}")
 
     # initialisation ------------------------------------------------------------------------------
-    def load_pretrained(self, source: str | Path | dict[str, Tensor]) -> VQAInitReport:
+    def load_pretrained(self, source: str | Path | dict[str, Tensor]) -> LoadReport:
         """Initialise from a pretrained MED or from a VQA checkpoint.
 
         ``source``: a weights file (safetensors or a torch file, a Lightning checkpoint included) or a
@@ -347,7 +338,7 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
         self.load_state_dict({k: mapped[k] for k in loaded}, strict=False)
         ignored += [k for k in mapped if not k.startswith("visual_encoder.") and k not in own]
         loaded += [f"visual_encoder.{k}" for k in vision]
-        return VQAInitReport(sorted(loaded), sorted(mismatched), sorted(ignored))
+        return LoadReport(loaded=sorted(loaded), mismatched=sorted(mismatched), ignored=sorted(ignored))
 
 
 def _med_to_vqa(key: str) -> list[str]:

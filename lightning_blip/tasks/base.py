@@ -11,9 +11,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_blip.optim import TrainingLengthScheduler, param_groups
+from lightning_blip.weights.keymap import LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,11 @@ def step_seed(base_seed: int, step: int, rank: int) -> int:
     """A 63-bit seed that depends only on (base seed, optimiser step, rank)."""
     digest = hashlib.blake2b(f"{base_seed}/{step}/{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def report_init_weights(source: str, report: LoadReport) -> None:
+    """Print (rank zero) what ``init_weights`` loaded, in the counts ``lightning_blip convert`` prints."""
+    rank_zero_info(f"init_weights {source}: {report.summary()}")
 
 
 class BlipTask(L.LightningModule):

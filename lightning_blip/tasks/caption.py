@@ -13,7 +13,7 @@ from lightning_blip.losses.gather import global_token_mean, no_tokens
 from lightning_blip.metrics.caption_tokenizer import Backend
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.tokenizer import build_tokenizer
-from lightning_blip.tasks.base import BlipTask, default_optimizer
+from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 from lightning_blip.tasks.caption_eval import CaptionEval, generation_options
 
 BLIP_CAPTION_GENERATION = {"num_beams": 3, "max_length": 20, "min_length": 5}
@@ -64,7 +64,7 @@ class CaptionFinetune(CaptionEval, BlipTask):
         self.hparams["config"] = asdict(config) if config is not None else None  # plain dicts
         self.model = BlipModel(config)
         if init_weights:
-            self.model.load_pretrained(init_weights)
+            report_init_weights(init_weights, self.model.load_pretrained(init_weights))
         self.tokenizer = build_tokenizer(vocab)
         self.prompt, self.max_length, self.label_smoothing = prompt, max_length, label_smoothing
         # BLIP: len(tokenizer(prompt).input_ids) - 1, i.e. [DEC] and the prompt's words

@@ -11,7 +11,7 @@ from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
 from lightning_blip.losses.itm import NegativeSampler
 from lightning_blip.models.blip import BlipConfig
 from lightning_blip.models.blip_pretraining import BlipForPretraining, MiningFeatures, Positives
-from lightning_blip.tasks.base import BlipTask, default_optimizer
+from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
 
 
@@ -63,7 +63,7 @@ class MEDPretrain(ITCRetrievalEval, BlipTask):
         self.hparams["config"] = asdict(config) if config is not None else None
         self.model = BlipForPretraining(config, queue_size, gather_keys, positives, lm_loss, mining_features)
         if init_weights:
-            self.model.blip.load_pretrained(init_weights)
+            report_init_weights(init_weights, self.model.blip.load_pretrained(init_weights))
             self.model.copy_to_momentum()
         self.alpha = alpha
         self.alpha_ramp_epochs = alpha_ramp_epochs

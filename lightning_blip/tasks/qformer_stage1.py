@@ -14,8 +14,9 @@ from lightning_blip.models.blip2 import Blip2Config
 from lightning_blip.models.blip2_pretraining import Blip2ForPretraining
 from lightning_blip.models.blip_pretraining import Positives
 from lightning_blip.models.checkpoint_io import load_state_dict_file
-from lightning_blip.tasks.base import BlipTask, default_optimizer
+from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
+from lightning_blip.weights.keymap import LoadReport
 
 
 class QFormerStage1(ITCRetrievalEval, BlipTask):
@@ -59,11 +60,16 @@ class QFormerStage1(ITCRetrievalEval, BlipTask):
             state = load_state_dict_file(init_weights)
             state = {k.removeprefix("model.").removeprefix("blip2."): v for k, v in state.items()}
             missing, unexpected = self.model.blip2.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not k.startswith("image_encoder.visual_encoder.")]
+            frozen = [k for k in missing if k.startswith("image_encoder.visual_encoder.")]
+            missing = [k for k in missing if k not in frozen]
             if missing or unexpected:
                 raise KeyError(
                     f"init_weights {init_weights}: missing keys {missing}, unexpected keys {unexpected}"
                 )
+            report = LoadReport(
+                loaded=sorted(state), missing_expected=frozen
+            )  # the frozen ViT: its own weights
+            report_init_weights(init_weights, report)
         self.negative_sampler = NegativeSampler(pool="global")
 
     def configure_callbacks(self) -> list:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict
 from typing import Any
 
@@ -15,9 +14,7 @@ from lightning_blip.models.blip import BlipConfig
 from lightning_blip.models.blip_vqa import BlipVQA, InferenceMode, tokenize_answers
 from lightning_blip.models.generation import decode_captions
 from lightning_blip.models.tokenizer import build_tokenizer
-from lightning_blip.tasks.base import BlipTask, default_optimizer
-
-log = logging.getLogger(__name__)
+from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 
 
 class VQAFinetune(BlipTask):
@@ -67,14 +64,7 @@ class VQAFinetune(BlipTask):
         self.hparams["config"] = asdict(config) if config is not None else None
         self.model = BlipVQA(config)
         if init_weights:
-            report = self.model.load_pretrained(init_weights)
-            log.info(
-                "init_weights %s: %d weights loaded, %d left at init (shape differs): %s",
-                init_weights,
-                len(report.loaded),
-                len(report.mismatched),
-                report.mismatched,
-            )
+            report_init_weights(init_weights, self.model.load_pretrained(init_weights))
         self.inference = inference
         self.k_test = k_test
         self.max_answer_length = max_answer_length

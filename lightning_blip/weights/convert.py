@@ -243,9 +243,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {out}")
     if (out / "conversion.json").is_file():
         report = json.loads((out / "conversion.json").read_text())
-        print(
-            f"{report['model']}: {len(report['loaded'])} weights loaded, {len(report['missing_expected'])} left "
-            f"at their initialisation (not in this kind of checkpoint); see conversion.json"
-        )
+        print(f"{report['model']}: {LoadReport.from_dict(report).summary()}; see conversion.json")
         for note in report["notes"]:
             print(f"note: {note}")

@@ -32,7 +32,9 @@ class LoadReport:
         unexpected: source keys that no rule maps, or whose target this model lacks.
         tied: source keys that duplicate another source key mapped to the same weight (tied
             weights, checked equal) and were not loaded a second time.
-        ignored: source keys the format lists as holding no weights (e.g. index buffers).
+        ignored: source keys the format lists as holding no weights (e.g. index buffers), or that
+            this kind of model does not use (e.g. the momentum encoders of a pretraining checkpoint).
+        mismatched: our keys left at their initialisation because the source's shape differs.
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -41,6 +43,26 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     tied: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, report: dict) -> LoadReport:
+        """A report from its ``asdict`` form (``conversion.json``), fields it lacks left empty."""
+        return cls(**{k: list(v) for k, v in report.items() if k in cls.__dataclass_fields__})
+
+    def summary(self, shown: int = 5) -> str:
+        """One line of counts, naming the first ``shown`` missing and mismatched keys."""
+
+        def named(keys: list[str]) -> str:
+            more = f", and {len(keys) - shown} more" if len(keys) > shown else ""
+            return f" ({', '.join(keys[:shown])}{more})" if keys else ""
+
+        parts = [f"{len(self.loaded)} weights loaded", f"{len(self.missing_expected)} absent as expected"]
+        if self.mismatched:
+            parts.append(f"{len(self.mismatched)} left at init, shape differs{named(self.mismatched)}")
+        parts.append(f"{len(self.missing)} missing{named(self.missing)}")
+        parts.append(f"{len(self.unexpected) + len(self.ignored) + len(self.tied)} source keys not used")
+        return ", ".join(parts)
 
     def __str__(self) -> str:
         lines = [

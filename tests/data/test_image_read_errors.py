@@ -176,3 +176,39 @@ def test_vqa_checks_both_image_folders_at_setup(tmp_path: Path) -> None:
     dm = VQADataModule(image_root=str(paths["image_root"]), vg_image_root=str(tmp_path), **args)
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 4
+
+
+_TWO_EPOCHS = """
+import logging, sys
+from torch.utils.data import DataLoader
+from lightning_blip.data.datamodule import ImageTextDataModule
+
+logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
+dm = ImageTextDataModule(sys.argv[1], image_root=sys.argv[2], image_size=16, batch_size=4, num_workers=2)
+dm.setup("fit")
+persistent = dm.train_dataloader()
+fresh = DataLoader(persistent.dataset, batch_size=4, sampler=persistent.sampler, num_workers=2,
+                   collate_fn=persistent.collate_fn, persistent_workers=False)
+for loader in (persistent, fresh):
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        print(sum(batch["num_skipped"] for batch in loader))
+"""
+
+
+def test_an_unreadable_image_is_warned_once_per_run_and_counted_every_epoch(tmp_path: Path) -> None:
+    """Two unreadable files, two workers, four epochs (persistent and fresh workers): two warnings."""
+    import subprocess
+    import sys
+
+    annotations = write_fake_dataset(tmp_path, num_images=14, corrupt=2)  # 16 items: 4 full batches
+    done = subprocess.run(
+        [sys.executable, "-c", _TWO_EPOCHS, str(annotations), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "2", "2", "2"]  # every epoch counts both skips
+    warned = [line for line in done.stderr.splitlines() if line.startswith("skipping image")]
+    assert len(warned) == 2 and len({line.split()[2] for line in warned}) == 2, done.stderr
