@@ -141,7 +141,7 @@ def text_only_answerer(
 
 
 def _stage(recipe: str, out: Path, extra: list[str]):
-    from lightning_blip.cli import BlipCLI
+    from lightning_blip.cli_lightning import BlipCLI
 
     args = ["-c", recipe, f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}"]
     return BlipCLI(args=args + [f"--data.init_args.output_dir={out / 'data'}"] + extra, run=False)

@@ -36,6 +36,9 @@ COMMANDS = {
     "convert": Command(
         "lightning_blip.weights.convert:main", "convert weights: transformers, salesforce BLIP, LAVIS, ours"
     ),
+    "list-pretrained": Command(
+        "lightning_blip.cli_pretrained:main", "released checkpoints and pretrained parts, by name"
+    ),
     "capfilt": Command(
         "lightning_blip.capfilt.command:main",
         "bootstrap a data set with a captioner and a filter (-c recipes/capfilt.yaml)",

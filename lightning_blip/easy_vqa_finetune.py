@@ -53,7 +53,7 @@ def run_task(
 ) -> dict:
     """Validate, fine-tune (validating at the end); ``{"before": {...}, "after": {...}, "evaluated": n}``
     with the validation metrics and the number of validation items they cover."""
-    from lightning_blip.cli import BlipCLI
+    from lightning_blip.cli_lightning import BlipCLI
 
     cli = BlipCLI(
         args=["-c", recipe, f"--model.init_args.init_weights={pretrained}"]

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output-dir", default="outputs/quickstart")
     args, overrides = parser.parse_known_args(argv)  # the rest goes to the CLI, e.g. --trainer.max_epochs=1
 
-    from lightning_blip.cli import BlipCLI
+    from lightning_blip.cli_lightning import BlipCLI
 
     out = Path(args.output_dir)
     cli = BlipCLI(

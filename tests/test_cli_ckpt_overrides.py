@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fake_data import write_fake_caption_eval, write_fake_dataset
 
-from lightning_blip.cli import BlipCLI
+from lightning_blip.cli_lightning import BlipCLI
 from lightning_blip.models.blip import BlipModel
 
 REPO = Path(__file__).resolve().parents[1]

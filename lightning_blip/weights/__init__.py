@@ -1,7 +1,5 @@
-"""Weights in and out: key tables per format and the loaders that apply them (no Lightning here)."""
+"""Weights in and out: key tables per format and the loaders that apply them (no Lightning here).
 
-from lightning_blip.weights.keymap import LoadReport, load_with_rules
-from lightning_blip.weights.pretrained import detect_format, from_pretrained
-from lightning_blip.weights.transformers_blip import load_transformers_blip
-
-__all__ = ["LoadReport", "detect_format", "from_pretrained", "load_transformers_blip", "load_with_rules"]
+One module per job, imported by name (``lightning_blip.weights.keymap``, ``.pretrained``, ``.registry``
+...): importing this package imports none of them, so ``list-pretrained`` stays cheap.
+"""

@@ -33,6 +33,8 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from lightning_blip.models.checkpoint_io import load_state_dict_file, load_torch_file, unwrap_state_dict
+from lightning_blip.weights.download import resolve_pretrained
+from lightning_blip.weights.registry import Pretrained
 
 DISTRIBUTED_METADATA = ".metadata"
 
@@ -234,6 +236,26 @@ LOADERS: dict[tuple[str, str], Loader] = {
 """(model class name, format) -> loader(cls, path, config, strict)."""
 
 
+def registry_config(cls: type[nn.Module], entry: Pretrained) -> Any:
+    """The config a registered checkpoint needs when the caller gives none: salesforce/BLIP's preset
+    (``"base"`` / ``"large"``; the image size is read from the file), LAVIS BLIP-2's ViT, image size and
+    LLM; None for formats that carry their own."""
+    if entry.format == "salesforce":
+        return entry.config["vit"]
+    if entry.format != "lavis-blip2":
+        return None
+    from lightning_blip.models.vision import VisionConfig
+
+    if entry.config["vit"] == "clip_vit_l14":
+        vision = VisionConfig("vit_large_patch14_clip_quickgelu_224", num_removed_blocks=1, final_norm=False)
+    else:
+        vision = VisionConfig("eva_giant_patch14_224", num_removed_blocks=1, final_norm=False)
+    vision.image_size = entry.config["image_size"]
+    if "llm" in entry.config:
+        return _config_class(cls)(vision=vision, llm=entry.config["llm"])
+    return _config_class(cls)(vision=vision)
+
+
 def from_pretrained(
     cls: type[nn.Module], path: str | Path, config: Any = None, strict: bool = True
 ) -> nn.Module:
@@ -241,12 +263,19 @@ def from_pretrained(
 
     Args:
         cls: ``BlipModel``, ``BlipVQA``, ``Blip2Model`` or ``Blip2ForGeneration``.
-        path: a checkpoint file or directory.
-        config: our config for the model (default: the one the checkpoint carries; required for
-            formats that carry none).
+        path: a checkpoint file or directory, or the name of a released checkpoint
+            (``lightning_blip list-pretrained``): found in the cache, else downloaded (:mod:`.download`).
+        config: our config for the model (default: the one the checkpoint carries, or for a released
+            name the one it needs (:func:`registry_config`); required for other formats that carry none).
         strict: fail on missing (beyond the weights the format is known not to hold) or unexpected keys.
     """
-    path = Path(path)
+    path, entry = resolve_pretrained(path)
+    if entry is not None:
+        if entry.model != cls.__name__:
+            raise ValueError(
+                f"{entry.name} is a {entry.model or entry.format} checkpoint, not a {cls.__name__}"
+            )
+        config = registry_config(cls, entry) if config is None else config
     fmt = detect_format(path)
     loader = LOADERS.get((cls.__name__, fmt))
     if loader is None:

@@ -105,7 +105,7 @@ def test_output_is_an_annotation_set_for_fit(setup: dict):
 
 
 def test_output_trains_with_lightning_blip_fit(setup: dict, tmp_path: Path):
-    from lightning_blip.cli import BlipCLI
+    from lightning_blip.cli_lightning import BlipCLI
 
     cli = BlipCLI(
         args=["-c", str(REPO / "recipes" / "blip_pretrain.yaml"), "-c", str(REPO / "tests" / "tiny.yaml"),

@@ -10,7 +10,8 @@ from fake_data import write_fake_caption_eval, write_fake_dataset
 from fake_vqa import write_fake_vqa
 from safetensors.torch import load_file
 
-from lightning_blip.cli import BlipCLI, main
+from lightning_blip.cli import main
+from lightning_blip.cli_lightning import BlipCLI
 
 REPO = Path(__file__).resolve().parents[2]
 COMMAND_RECIPES = {"capfilt.yaml"}  # recipes of commands other than fit, each tested below

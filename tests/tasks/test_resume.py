@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from fake_data import write_fake_dataset
 
-from lightning_blip.cli import BlipCLI
+from lightning_blip.cli_lightning import BlipCLI
 
 REPO = Path(__file__).resolve().parents[2]
 

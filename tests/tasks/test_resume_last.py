@@ -16,7 +16,7 @@ import torch
 from fake_data import write_fake_dataset
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_blip.cli import BlipCLI
+from lightning_blip.cli_lightning import BlipCLI
 from lightning_blip.resume import resume_last
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from conftest import tiny_blip
 from torch import nn
 
 from lightning_blip.models.blip import BlipModel
-from lightning_blip.weights import load_transformers_blip, load_with_rules
-from lightning_blip.weights.keymap import rename
+from lightning_blip.weights.keymap import load_with_rules, rename
+from lightning_blip.weights.transformers_blip import load_transformers_blip
 
 RULES = (
     (r"enc\.(\d+)\.w", r"layers.\1.weight"),
