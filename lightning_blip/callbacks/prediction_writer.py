@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +13,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from lightning_blip.atomic import atomic_write_text, temporary_beside
 
 # the dataset index first: it is what a distributed sampler repeats to pad the last share
 log = logging.getLogger(__name__)
@@ -185,29 +183,9 @@ class PredictionWriter(BasePredictionWriter):
             if all(isinstance(i, int) for i in ids):
                 tensors["ids"] = torch.tensor(ids)
             written.append(self.output_dir / f"{stream}.safetensors")
-            with _temporary_beside(written[-1]) as tmp:
+            with temporary_beside(written[-1]) as tmp:
                 save_file(tensors, str(tmp))
         if not self.keep_parts:
             for part in (*parts, *(self._part(stream, r, "jsonl") for r in range(world_size))):
                 part.unlink(missing_ok=True)
         return written
-
-
-@contextmanager
-def _temporary_beside(path: Path) -> Iterator[Path]:
-    """A fresh temporary path beside ``path`` (unique, so that processes writing ``path`` at once do
-    not collide), renamed to ``path`` when the block succeeds and removed when it fails."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it to ``path``."""
-    with _temporary_beside(path) as tmp:
-        tmp.write_text(text)

@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from lightning_blip.callbacks.prediction_writer import atomic_write_text
+from lightning_blip.atomic import atomic_write_text
 from lightning_blip.capfilt.data import CapFiltDataModule
 from lightning_blip.capfilt.filtering import CaptionSettings, FilterSettings
 from lightning_blip.capfilt.plan import Source, input_files, make_plan

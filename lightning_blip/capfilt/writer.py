@@ -16,7 +16,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lightning_blip.callbacks.prediction_writer import atomic_write_text
+from lightning_blip.atomic import atomic_write_text
 from lightning_blip.capfilt.plan import Chunk, Plan
 
 COUNTS = (

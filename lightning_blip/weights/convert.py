@@ -165,7 +165,9 @@ def _ours_to_transformers_blip2(args: argparse.Namespace) -> Path:
         model: nn.Module = Blip2ForGeneration.from_pretrained(args.source)
     except (KeyError, ValueError):  # a stage-1 model
         model = Blip2Model.from_pretrained(args.source)
-    return export_transformers_blip2(model, args.output, recorded_image_token_index(args.source))
+    return export_transformers_blip2(
+        model, args.output, recorded_image_token_index(args.source), str(args.source)
+    )
 
 
 def _lavis_to_ours_blip2(args: argparse.Namespace) -> Path:

@@ -33,6 +33,7 @@ from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.blip_vqa import BlipVQA
 from lightning_blip.weights.export_processor import blip_processor
 from lightning_blip.weights.keymap import rename
+from lightning_blip.weights.model_card import CardFacts, left_out_groups, saved_tensor_count, write_model_card
 from lightning_blip.weights.transformers_blip import (
     EXPECTED_ABSENT,
     TRANSFORMERS_BLIP_RULES,
@@ -74,7 +75,9 @@ def transformers_config(model: BlipModel | BlipVQA):
     return HFBlipConfig(vision_config=vision, text_config=text, image_text_hidden_size=cfg.embed_dim)
 
 
-def export_transformers_blip(model: BlipModel | BlipVQA, output: str | Path, task: str | None = None) -> Path:
+def export_transformers_blip(
+    model: BlipModel | BlipVQA, output: str | Path, task: str | None = None, source: str | None = None
+) -> Path:
     """Write ``model`` as a transformers BLIP directory that ``from_pretrained`` loads with no missing
     or unexpected keys, with the ``BlipProcessor`` files of our preprocessing
     (:func:`~lightning_blip.weights.export_processor.blip_processor`).
@@ -83,6 +86,7 @@ def export_transformers_blip(model: BlipModel | BlipVQA, output: str | Path, tas
         model: a ``BlipModel`` (``task`` "captioning" or "retrieval") or a ``BlipVQA`` (``task`` None
             or "vqa").
         output: the directory to write.
+        source: the checkpoint the model came from, named in the ``README.md`` model card.
 
     Raises:
         ValueError: a wrong task, a weight transformers' class has no place for (e.g. a ViT without
@@ -126,26 +130,40 @@ def export_transformers_blip(model: BlipModel | BlipVQA, output: str | Path, tas
             )
         state[key] = ours[target].detach().cpu().clone().contiguous()
         used.add(target)
-    _check_all_placed(model, used, absent, TRANSFORMERS_CLASSES[task])
+    left_out = _check_all_placed(model, used, absent, TRANSFORMERS_CLASSES[task])
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     save_file(state, output / "model.safetensors", metadata={"format": "pt"})
     config.save_pretrained(output)
     processor.save_pretrained(str(output))
+    notes = [_ENC_NOTE] if task == "retrieval" else []
+    facts = CardFacts(
+        TRANSFORMERS_CLASSES[task],
+        source,
+        saved_tensor_count(output),
+        left_out_groups(left_out, absent),
+        notes,
+    )
+    write_model_card(output, facts)
     return output
 
 
-def _check_all_placed(model: nn.Module, used: set[str], absent: tuple[str, ...], name: str) -> None:
-    """Raise if a weight of ours was not written, is not tied to one written and is not expected absent."""
+_ENC_NOTE = (
+    "BLIP's image-grounded encoder starts the text with [ENC]; the processor writes [CLS] (ITC needs it). "
+    "For ITM scores equal to ours, replace the first id by [ENC] (`tokenizer.convert_tokens_to_ids('[ENC]')`)."
+)
+
+
+def _check_all_placed(model: nn.Module, used: set[str], absent: tuple[str, ...], name: str) -> list[str]:
+    """Raise if a weight of ours was not written, is not tied to one written and is not expected absent;
+    return those expected absent (left out)."""
     written = {id(t) for n, t in model.named_parameters(remove_duplicate=False) if n in used}
     tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
-    left = [
-        k
-        for k in model.state_dict()
-        if k not in used and id(tensors.get(k)) not in written and not any(re.fullmatch(p, k) for p in absent)
-    ]
+    unwritten = [k for k in model.state_dict() if k not in used and id(tensors.get(k)) not in written]
+    left = [k for k in unwritten if not any(re.fullmatch(p, k) for p in absent)]
     if left:
         raise ValueError(f"transformers' {name} has no place for these weights of ours: {left}")
+    return [k for k in unwritten if k not in left]
 
 
 def export_ours_dir(source: str | Path, output: str | Path, task: str | None = None) -> Path:
@@ -156,4 +174,4 @@ def export_ours_dir(source: str | Path, output: str | Path, task: str | None = N
         model: BlipModel | BlipVQA = BlipVQA.from_pretrained(source)
     except KeyError:  # not a VQA model's keys
         model = BlipModel.from_pretrained(source)
-    return export_transformers_blip(model, output, task)
+    return export_transformers_blip(model, output, task, source=str(source))

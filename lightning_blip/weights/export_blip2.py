@@ -34,6 +34,7 @@ from transformers import Blip2Config as HFBlip2Config
 
 from lightning_blip.weights.export_processor import blip2_processor
 from lightning_blip.weights.keymap import rename
+from lightning_blip.weights.model_card import CardFacts, left_out_groups, saved_tensor_count, write_model_card
 from lightning_blip.weights.transformers_blip import transformers_vision_sizes
 from lightning_blip.weights.transformers_blip2 import (
     EXPECTED_ABSENT,
@@ -114,8 +115,9 @@ def _tokenizer_with_image_token(tokenizer, token_id: int):
     return tokenizer
 
 
-def transformers_state_dict(model: nn.Module, hf_model: nn.Module) -> dict[str, Tensor]:
-    """``hf_model``'s state dict filled from ours through the import table (tensors shared, not copied).
+def transformers_state_dict(model: nn.Module, hf_model: nn.Module) -> tuple[dict[str, Tensor], list[str]]:
+    """``hf_model``'s state dict filled from ours through the import table (tensors shared, not copied),
+    and our keys it leaves out (those transformers' checkpoints lack).
 
     Raises:
         KeyError: a transformers key has no counterpart in ours, or a weight of ours (beyond what
@@ -149,11 +151,12 @@ def transformers_state_dict(model: nn.Module, hf_model: nn.Module) -> dict[str, 
             f"transformers keys without a weight of ours: {no_source}; our weights transformers has no "
             f"place for: {dropped}"
         )
-    return state
+    left_out = [k for k, t in ours.items() if (t.data_ptr(), t.shape) not in exported]
+    return state, left_out
 
 
 def export_blip2_to_transformers(
-    model: nn.Module, out_dir: str | Path, image_token_id: int | None = None
+    model: nn.Module, out_dir: str | Path, image_token_id: int | None = None, source: str | None = None
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` for transformers' BLIP-2, and for a generation
     model the ``Blip2Processor`` files (our image preprocessing, the LLM's tokenizer, ``num_query_tokens``).
@@ -164,6 +167,7 @@ def export_blip2_to_transformers(
         out_dir: the directory to write.
         image_token_id: transformers' image token (generation only); default: the tokenizer's
             ``<image>``, else the first id past the tokenizer's vocabulary.
+        source: the checkpoint the model came from, named in the ``README.md`` model card.
 
     Returns:
         ``out_dir``.
@@ -193,15 +197,32 @@ def export_blip2_to_transformers(
     cls = Blip2ForConditionalGeneration if kind == "generation" else Blip2ForImageTextRetrieval
     with torch.device("meta"):
         hf_model = cls(config)
-    hf_model.load_state_dict(transformers_state_dict(model, hf_model), strict=True, assign=True)
+    state, left_out = transformers_state_dict(model, hf_model)
+    hf_model.load_state_dict(state, strict=True, assign=True)
     hf_model.save_pretrained(out)
     if processor is not None:
         processor.save_pretrained(str(out))
+    notes = []
+    if kind == "generation":
+        notes = [
+            (
+                f"Ours generates after the prompt {model.config.prompt!r} and stops at the token ids "
+                f"{list(model._eos_ids)}: pass `eos_token_id={list(model._eos_ids)}` (and the prompt as `text`) "
+                "to transformers' `generate` to stop where ours does; no `generation_config.json` is written."
+            )
+        ]
+    facts = CardFacts(
+        cls.__name__, source, saved_tensor_count(out), left_out_groups(left_out, EXPECTED_ABSENT[kind]), notes
+    )
+    write_model_card(out, facts)
     return out
 
 
 def export_transformers_blip2(
-    our_dir_or_model: str | Path | nn.Module, output_dir: str | Path, image_token_id: int | None = None
+    our_dir_or_model: str | Path | nn.Module,
+    output_dir: str | Path,
+    image_token_id: int | None = None,
+    source: str | None = None,
 ) -> Path:
     """Export a :func:`~lightning_blip.weights.transformers_blip2.convert_transformers_blip2` directory
     (or a model) with :func:`export_blip2_to_transformers`; returns ``output_dir``.
@@ -212,5 +233,5 @@ def export_transformers_blip2(
     if not isinstance(model, nn.Module):
         if image_token_id is None:
             image_token_id = recorded_image_token_index(model)
-        model = load_converted_blip2(model)
-    return export_blip2_to_transformers(model, output_dir, image_token_id)
+        model, source = load_converted_blip2(model), str(our_dir_or_model)
+    return export_blip2_to_transformers(model, output_dir, image_token_id, source)

@@ -68,7 +68,7 @@ def test_rows_with_a_null_id_are_all_kept_and_fall_back_to_the_next_id_key(tmp_p
 def test_atomic_writes_from_many_processes_at_once_do_not_collide(tmp_path: Path):
     import multiprocessing
 
-    from lightning_blip.callbacks.prediction_writer import atomic_write_text
+    from lightning_blip.atomic import atomic_write_text
 
     target = tmp_path / "settings.json"
     with multiprocessing.get_context("fork").Pool(4) as pool:

@@ -16,7 +16,7 @@ from conftest import text_batch, tiny_text, tiny_vision
 from lightning_blip.cli import main as cli_main
 from lightning_blip.models.blip import BlipConfig, BlipModel
 from lightning_blip.models.generation import generate_ids
-from lightning_blip.weights import load_transformers_blip
+from lightning_blip.weights.transformers_blip import load_transformers_blip
 
 transformers = pytest.importorskip("transformers")
 
