@@ -83,3 +83,21 @@ def text_batch(batch: int = 4, length: int = 7, vocab: tuple[int, int] = (1000, 
         ids[row, end:] = 0
         mask[row, end:] = 0
     return ids, mask
+
+
+def convert_ours_to_transformers(model: torch.nn.Module, tmp_path, task: str) -> tuple:
+    """``lightning_blip convert --from ours --to transformers --task TASK`` on a ``--to ours`` directory of
+    ``model`` (``model.safetensors`` + ``config.json``); returns ``(that directory, the output)``."""
+    import json
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from lightning_blip.weights import convert
+
+    src, out = tmp_path / "ours", tmp_path / "hf"
+    src.mkdir()
+    save_file({k: v.clone() for k, v in model.state_dict().items()}, src / "model.safetensors")
+    (src / "config.json").write_text(json.dumps(asdict(model.config)))
+    convert.main(["--from", "ours", "--to", "transformers", "--task", task, str(src), str(out)])
+    return src, out

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import text_batch, tiny_blip, tiny_vision
+from conftest import convert_ours_to_transformers, text_batch, tiny_blip, tiny_vision
 from test_blip_transformers_parity import assert_same_lm_logits, images, randomise, until_sep
 
 from lightning_blip.models.blip import BlipConfig, BlipModel
@@ -124,17 +124,7 @@ def test_round_trip_through_transformers_restores_every_weight(exported, ours, t
 
 def test_cli_ours_to_transformers(ours, tmp_path):
     """``convert --from ours --to transformers --task retrieval`` on a directory of ours."""
-    from dataclasses import asdict
-
-    from safetensors.torch import save_file
-
-    src = tmp_path / "ours"
-    src.mkdir()
-    save_file({k: v.clone() for k, v in ours.state_dict().items()}, src / "model.safetensors")
-    (src / "config.json").write_text(json.dumps(asdict(ours.config)))
-    convert.main(
-        ["--from", "ours", "--to", "transformers", "--task", "retrieval", str(src), str(tmp_path / "hf")]
-    )
+    convert_ours_to_transformers(ours, tmp_path, "retrieval")
     hf = load_exported(transformers.BlipForImageTextRetrieval, tmp_path / "hf")
     pixels = images()
     ids, mask = text_batch(batch=3)

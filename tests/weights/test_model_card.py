@@ -3,22 +3,18 @@ a "how to use it" snippet that runs against the exported folder."""
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_blip, tiny_blip2
+from conftest import convert_ours_to_transformers, tiny_blip, tiny_blip2
 from safetensors import safe_open
-from safetensors.torch import save_file
 from test_blip_vqa_transformers import our_vqa
 from test_transformers_processor import blip2  # noqa: F401 (a fixture: tiny OPT BLIP-2, exported)
 
 from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.blip2 import Blip2Model
-from lightning_blip.weights import convert
 from lightning_blip.weights.export_blip import export_transformers_blip
 from lightning_blip.weights.export_blip2 import export_blip2_to_transformers
 from lightning_blip.weights.model_card import PLACEHOLDER, left_out_groups
@@ -89,13 +85,7 @@ def test_a_blip2_stage1_export_card_counts_and_runs(tmp_path):
 
 def test_the_convert_command_writes_the_card_naming_its_source(tmp_path):
     ours = BlipModel(tiny_blip()).eval()
-    src = tmp_path / "ours"
-    src.mkdir()
-    save_file({k: v.clone() for k, v in ours.state_dict().items()}, src / "model.safetensors")
-    (src / "config.json").write_text(json.dumps(asdict(ours.config)))
-    convert.main(
-        ["--from", "ours", "--to", "transformers", "--task", "captioning", str(src), str(tmp_path / "hf")]
-    )
+    src, _ = convert_ours_to_transformers(ours, tmp_path, "captioning")
     front, body = _card(tmp_path / "hf")
     assert front["pipeline_tag"] == "image-to-text" and f"`{src}`" in body
 

@@ -7,16 +7,12 @@ Each side preprocesses the same PIL images its own way (transformers' processor;
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-
 import easy_vqa
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_blip
+from conftest import convert_ours_to_transformers, tiny_blip
 from PIL import Image
-from safetensors.torch import save_file
 from test_blip2_weights_parity import SEEDS, hf_config
 from test_blip2_weights_parity import randomise as randomise_blip2
 from test_blip_transformers_parity import randomise
@@ -25,7 +21,6 @@ from test_blip_vqa_transformers import hf_vqa_config, our_vqa
 from lightning_blip.data.transforms import eval_transform
 from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.small_llm import DEFAULT_TEXTS, tokenizer_for, train_word_tokenizer
-from lightning_blip.weights import convert
 from lightning_blip.weights.export_blip import export_transformers_blip
 from lightning_blip.weights.export_blip2 import export_blip2_to_transformers
 from lightning_blip.weights.transformers_blip2 import convert_transformers_blip2, load_converted_blip2
@@ -174,13 +169,7 @@ def same_inputs(processor, again, text: str) -> bool:
 def test_convert_command_writes_the_processors(blip, blip2, tmp_path):
     """``convert [--model blip2] --from ours --to transformers``: the processors of the direct exports."""
     ours, processor, _ = blip
-    src = tmp_path / "ours"
-    src.mkdir()
-    save_file({k: v.clone() for k, v in ours.state_dict().items()}, src / "model.safetensors")
-    (src / "config.json").write_text(json.dumps(asdict(ours.config)))
-    convert.main(
-        ["--from", "ours", "--to", "transformers", "--task", "captioning", str(src), str(tmp_path / "hf")]
-    )
+    convert_ours_to_transformers(ours, tmp_path, "captioning")
     again = transformers.BlipProcessor.from_pretrained(tmp_path / "hf")
     images = pil_images()[:2]
     a, b = (
