@@ -49,7 +49,7 @@ def tiny_qformer(**kw) -> QFormerConfig:
 
 def tiny_blip2(**qformer_kw) -> Blip2Config:
     """Tiny frozen ViT (its last block removed, no final norm) + tiny Q-Former."""
-    vision = tiny_vision(timm_kwargs_extra={"depth": 3}, num_removed_blocks=1, final_norm=False)
+    vision = tiny_vision(timm_kwargs_extra={"depth": 3}, num_removed_blocks=1, final_norm=False, weights="random")
     return Blip2Config(vision=vision, qformer=tiny_qformer(**qformer_kw), embed_dim=32)
 
 

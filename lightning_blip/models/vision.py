@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lightning_blip.models.checkpoint_io import load_state_dict_file
+from lightning_blip.weights.download import resolve_pretrained
 
 
 def resize_position_embeddings(pos_embed: Tensor, grid: Sequence[int], num_prefix_tokens: int = 1) -> Tensor:
@@ -35,6 +36,21 @@ def resize_position_embeddings(pos_embed: Tensor, grid: Sequence[int], num_prefi
     return torch.cat([prefix, patches], dim=1)
 
 
+RANDOM = "random"
+"""``VisionConfig.weights`` of a ViT left random on purpose."""
+
+
+def check_frozen_weights(vision: VisionConfig, field: str) -> None:
+    """Refuse to train with a frozen ViT whose weights would stay random (``weights`` None), naming
+    ``field``; ``weights: random`` says it is meant (tests, demos)."""
+    if vision.weights is None:
+        raise ValueError(
+            f"{field} is not set: the frozen image encoder ({vision.model_name}) would stay random. Name its "
+            "weights (a file, or a released name such as 'eva-vit-g' or 'clip-vit-l14': lightning_blip "
+            f"list-pretrained), or set {field}: random to train on a random frozen encoder on purpose"
+        )
+
+
 @dataclass
 class VisionConfig:
     """Which timm ViT to build and how.
@@ -51,7 +67,11 @@ class VisionConfig:
         layer_norm_eps: epsilon of every LayerNorm of the ViT, the final norm included; None keeps
             the timm architecture's own: 1e-6 for timm's ViTs and EVA (BLIP's and LAVIS's value),
             1e-5 for its CLIP ViTs (OpenAI's).
-        weights: optional local checkpoint (safetensors or a torch file loaded with weights_only).
+        weights: where the ViT's weights come from: a local checkpoint (safetensors or a torch file
+            loaded with weights_only), the name of a released one (``eva-vit-g``, ``clip-vit-l14``,
+            ``vit-b16-deit``, ``vit-l16-augreg``: ``lightning_blip list-pretrained``; cached, else
+            downloaded), ``"random"`` (random on purpose: tests, demos) or None (random; training a
+            frozen encoder so is refused, see :func:`check_frozen_weights`).
         timm_kwargs: extra keyword arguments for ``timm.create_model``.
     """
 
@@ -69,7 +89,7 @@ class VisionConfig:
 class VisionEncoder(nn.Module):
     """A timm ViT that returns every token, ``(B, 1 + N, D)`` with [CLS] first.
 
-    Nothing is fetched from a hub: weights come from ``config.weights`` (a local file) or stay random.
+    Weights come from ``config.weights`` (a local file or a released name) or stay random.
     """
 
     def __init__(self, config: VisionConfig) -> None:
@@ -93,12 +113,16 @@ class VisionEncoder(nn.Module):
         if not config.final_norm:
             self.vit.norm = nn.Identity()
         self.width: int = self.vit.embed_dim
-        if config.weights:
+        if config.weights and config.weights != RANDOM:
             self.load_weights(config.weights)
 
     def load_weights(self, path: str | Path, strict: bool = True) -> None:
-        """Load a local ViT state dict, interpolating position embeddings to this image size."""
-        self.load_vit_state_dict(load_state_dict_file(path), strict, source=str(path))
+        """Load ViT weights from a local file or a released name (a hub snapshot's ``model.safetensors``),
+        interpolating position embeddings to this image size."""
+        local, _ = resolve_pretrained(path)
+        if local.is_dir():  # a timm hub snapshot
+            local = local / "model.safetensors"
+        self.load_vit_state_dict(load_state_dict_file(local), strict, source=str(path))
 
     def load_vit_state_dict(self, state: dict, strict: bool = True, source: str = "state dict") -> None:
         """Load ViT weights (keys with or without ``vit.``), interpolating position embeddings.

@@ -14,6 +14,7 @@ from lightning_blip.models.blip2 import Blip2Config
 from lightning_blip.models.blip2_pretraining import Blip2ForPretraining
 from lightning_blip.models.blip_pretraining import Positives
 from lightning_blip.models.checkpoint_io import load_state_dict_file
+from lightning_blip.models.vision import check_frozen_weights
 from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
 from lightning_blip.weights.keymap import LoadReport
@@ -55,6 +56,8 @@ class QFormerStage1(ITCRetrievalEval, BlipTask):
         config = config or Blip2Config()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.hparams["config"] = asdict(config)  # plain dicts: checkpoints load with weights_only
+        if config.freeze_vision:
+            check_frozen_weights(config.vision, "model.init_args.config.vision.weights")
         self.model = Blip2ForPretraining(config, gather_with_grad, positives, itg_cache)
         if init_weights:
             state = load_state_dict_file(init_weights)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from lightning_blip.losses.gather import global_token_mean, no_tokens
 from lightning_blip.metrics.caption_tokenizer import Backend
 from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
+from lightning_blip.models.vision import check_frozen_weights
 from lightning_blip.tasks.base import BlipTask, default_optimizer
 from lightning_blip.tasks.caption_eval import CaptionEval, generation_options
 
@@ -51,6 +52,8 @@ class QFormerStage2(CaptionEval, BlipTask):
         config = config or Blip2LLMConfig()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.hparams["config"] = asdict(config)  # plain dicts: checkpoints load with weights_only
+        if config.freeze_vision:
+            check_frozen_weights(config.vision, "model.init_args.config.vision.weights")
         self.model = Blip2ForGeneration(config)
         self.generate_kwargs = generation_options(
             generate_kwargs, Blip2ForGeneration.generate, ("pixel_values",)
