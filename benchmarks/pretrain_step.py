@@ -5,7 +5,7 @@ ITM on B positives + 2B hard negatives, LM with label smoothing 0.1, backward of
 the no-grad momentum forward (ViT + unimodal text encoder) and the EMA update of the momentum
 copies. Both sides run in fp32 on CPU, on the same batch, with the same sizes, interleaved.
 
-Ours:       ``lightning_blip.models.blip_pretraining.BlipForPretraining``.
+Ours:       ``lightning_blip.models.blip.pretraining.BlipForPretraining``.
 Reference:  transformers' ``BlipForImageTextRetrieval`` (ITC through ``use_itm_head=False``, ITM
             through its ``text_encoder`` + ``itm_head`` on the image tokens it returned) and
             ``BlipForConditionalGeneration`` (LM with labels), plus a frozen deep copy of the
@@ -204,10 +204,10 @@ def make_batch(args) -> tuple[Tensor, Tensor, Tensor]:
 # ours
 # ------------------------------------------------------------------------------------------------
 def build_ours(args) -> nn.Module:
-    from lightning_blip.models.blip import BlipConfig
-    from lightning_blip.models.blip_pretraining import BlipForPretraining
-    from lightning_blip.models.med import MEDConfig
-    from lightning_blip.models.vision import VisionConfig
+    from lightning_blip.models.blip.model import BlipConfig
+    from lightning_blip.models.blip.pretraining import BlipForPretraining
+    from lightning_blip.models.blip.med import MEDConfig
+    from lightning_blip.models.shared.vision import VisionConfig
 
     vision = VisionConfig(
         model_name="vit_base_patch16_224",
@@ -508,7 +508,7 @@ def ours_phases(model, pixel_values, input_ids, attention_mask, args) -> dict[st
     from lightning_blip.losses.itc import itc_loss, itc_targets
     from lightning_blip.losses.itm import NegativeSampler, itm_loss
     from lightning_blip.losses.lm import lm_labels, lm_loss
-    from lightning_blip.models.blip_pretraining import concat_kv
+    from lightning_blip.models.blip.pretraining import concat_kv
 
     blip, B = model.blip, input_ids.shape[0]
     clock = PhaseClock()

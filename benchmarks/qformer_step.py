@@ -4,7 +4,7 @@ Part ``qformer``: forward + backward of one Q-Former query pass over image featu
 transformers, both in train mode with the same dropout and the same weights (copied from ours to
 the reference by an explicit name mapping). Loss = mean of squares of the outputs.
 
-Ours:       ``lightning_blip.models.qformer.QFormer`` called as ``qformer(image_embeds=feats)``.
+Ours:       ``lightning_blip.models.blip2.qformer.QFormer`` called as ``qformer(image_embeds=feats)``.
 Reference:  transformers' ``Blip2QFormerModel(query_embeds=queries, encoder_hidden_states=feats)``
             with the learnable queries held next to it (as ``Blip2Model`` does), in its default
             attention implementation (SDPA; with dropout in training torch runs SDPA's math kernel
@@ -136,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------
 def qformer_config(args: argparse.Namespace):
     """Our Q-Former configuration for these sizes."""
-    from lightning_blip.models.qformer import QFormerConfig
+    from lightning_blip.models.blip2.qformer import QFormerConfig
 
     return QFormerConfig(
         vocab_size=args.vocab_size,
@@ -219,7 +219,7 @@ def reference_name(name: str) -> str:
 
 def build_qformers(args: argparse.Namespace) -> tuple[nn.Module, Reference]:
     """Our Q-Former (normal(0, 0.02) weights) and the reference loaded with the same weights."""
-    from lightning_blip.models.qformer import QFormer
+    from lightning_blip.models.blip2.qformer import QFormer
 
     ours = QFormer(qformer_config(args))
     reinit_(ours)
@@ -231,9 +231,9 @@ def build_qformers(args: argparse.Namespace) -> tuple[nn.Module, Reference]:
 
 def build_stage1(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     """``Blip2ForPretraining`` with ``itg_cache=True`` and ``False``, identical weights, train mode."""
-    from lightning_blip.models.blip2 import Blip2Config
-    from lightning_blip.models.blip2_pretraining import Blip2ForPretraining
-    from lightning_blip.models.vision import VisionConfig
+    from lightning_blip.models.blip2.model import Blip2Config
+    from lightning_blip.models.blip2.pretraining import Blip2ForPretraining
+    from lightning_blip.models.shared.vision import VisionConfig
 
     vision = VisionConfig(
         model_name="vit_base_patch16_224",

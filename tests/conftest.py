@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_blip.models.blip import BlipConfig
-from lightning_blip.models.blip2 import Blip2Config
-from lightning_blip.models.med import MEDConfig
-from lightning_blip.models.qformer import QFormerConfig
-from lightning_blip.models.vision import VisionConfig
+from lightning_blip.models.blip.model import BlipConfig
+from lightning_blip.models.blip2.model import Blip2Config
+from lightning_blip.models.blip.med import MEDConfig
+from lightning_blip.models.blip2.qformer import QFormerConfig
+from lightning_blip.models.shared.vision import VisionConfig
 
 
 def tiny_vision(image_size: int = 32, timm_kwargs_extra: dict | None = None, **kw) -> VisionConfig:

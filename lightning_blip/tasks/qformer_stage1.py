@@ -10,12 +10,12 @@ from torch import Tensor, nn
 from lightning_blip.callbacks import HardNegativeMining
 from lightning_blip.losses.itc import max_query_similarity
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.models.blip2 import Blip2Config
-from lightning_blip.models.blip2_pretraining import Blip2ForPretraining
-from lightning_blip.models.blip_pretraining import Positives
-from lightning_blip.models.checkpoint_io import load_state_dict_file
+from lightning_blip.models.blip2.model import Blip2Config
+from lightning_blip.models.blip2.pretraining import Blip2ForPretraining
+from lightning_blip.models.shared.positives import Positives
 from lightning_blip.tasks.base import BlipTask, default_optimizer
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
+from lightning_blip.weights.checkpoint_io import load_state_dict_file
 
 
 class QFormerStage1(ITCRetrievalEval, BlipTask):

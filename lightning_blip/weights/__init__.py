@@ -1,7 +1,10 @@
-"""Weights in and out: key tables per format and the loaders that apply them (no Lightning here)."""
+"""Weights in and out as state dicts: safe file readers (``checkpoint_io``, ``distributed`` for FSDP2
+directories), one key table per format (``transformers_blip*``, ``salesforce_blip``, ``lavis_blip2``)
+and the loader that applies a table (``keymap``). No Lightning here, and no import of
+:mod:`lightning_blip.models`: a loader takes the model instance it fills. Building a model from a
+checkpoint (``Model.from_pretrained``) is in :mod:`lightning_blip.models`."""
 
 from lightning_blip.weights.keymap import LoadReport, load_with_rules
-from lightning_blip.weights.pretrained import detect_format, from_pretrained
 from lightning_blip.weights.transformers_blip import load_transformers_blip
 
-__all__ = ["LoadReport", "detect_format", "from_pretrained", "load_transformers_blip", "load_with_rules"]
+__all__ = ["LoadReport", "load_transformers_blip", "load_with_rules"]

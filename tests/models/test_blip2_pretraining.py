@@ -10,8 +10,8 @@ from dist_utils import run_distributed
 
 from lightning_blip.losses.itc import max_query_similarity
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.models.blip2 import Blip2Model
-from lightning_blip.models.blip2_pretraining import Blip2ForPretraining
+from lightning_blip.models.blip2.model import Blip2Model
+from lightning_blip.models.blip2.pretraining import Blip2ForPretraining
 
 
 def _batch(n: int = 4):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import text_batch, tiny_text
 
-from lightning_blip.models.med import LayerCache, MEDTextModel
+from lightning_blip.models.blip.med import LayerCache, MEDTextModel
 
 
 def _model(**kw) -> MEDTextModel:

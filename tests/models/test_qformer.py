@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import text_batch, tiny_qformer
 
-from lightning_blip.models.qformer import QFormer, multimodal_causal_mask
+from lightning_blip.models.blip2.qformer import QFormer, multimodal_causal_mask
 
 
 def _model(**kw) -> QFormer:
