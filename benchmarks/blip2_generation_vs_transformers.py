@@ -29,7 +29,7 @@ from generation_vs_transformers import TINY_VISION
 from pretrain_step import add_timing_arguments, fill_from_preset, prepare_torch
 from qformer_step import interleaved, ratios
 
-from lightning_blip.models.blip2.llm import Blip2ForGeneration
+from lightning_blip.models.blip2 import Blip2ForGeneration
 from lightning_blip.models.blip2.small_llm import (
     DEFAULT_TEXTS,
     tiny_llm_config,

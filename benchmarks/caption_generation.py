@@ -34,9 +34,8 @@ import sys
 import torch
 from pretrain_step import add_timing_arguments, count_flops, prepare_torch, reinit_, timed
 
-from lightning_blip.models.blip.model import BlipConfig, BlipModel
+from lightning_blip.models.blip import BlipConfig, BlipModel, MEDConfig
 from lightning_blip.models.shared.generation import generate_ids
-from lightning_blip.models.blip.med import MEDConfig
 from lightning_blip.models.shared.vision import VisionConfig
 
 PROMPT_IDS = [30522, 1037, 3861, 1997]  # [DEC] a picture of

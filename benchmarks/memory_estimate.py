@@ -82,11 +82,15 @@ from transformers import (
 )
 
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.models import blip2_llm
-from lightning_blip.models.blip2.model import Blip2Config, FrozenAwareImageEncoder
-from lightning_blip.models.blip2.llm import Blip2ForGeneration, Blip2LLMConfig
-from lightning_blip.models.blip2.pretraining import Blip2ForPretraining
-from lightning_blip.models.blip2.qformer import QFormer
+from lightning_blip.models.blip2 import (
+    Blip2Config,
+    Blip2ForGeneration,
+    Blip2ForPretraining,
+    Blip2LLMConfig,
+    QFormer,
+)
+from lightning_blip.models.blip2 import llm as blip2_llm
+from lightning_blip.models.blip2.model import FrozenAwareImageEncoder
 from lightning_blip.models.blip2.small_llm import DEFAULT_TEXTS, tokenizer_for, train_word_tokenizer
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"

@@ -204,9 +204,7 @@ def make_batch(args) -> tuple[Tensor, Tensor, Tensor]:
 # ours
 # ------------------------------------------------------------------------------------------------
 def build_ours(args) -> nn.Module:
-    from lightning_blip.models.blip.model import BlipConfig
-    from lightning_blip.models.blip.pretraining import BlipForPretraining
-    from lightning_blip.models.blip.med import MEDConfig
+    from lightning_blip.models.blip import BlipConfig, BlipForPretraining, MEDConfig
     from lightning_blip.models.shared.vision import VisionConfig
 
     vision = VisionConfig(

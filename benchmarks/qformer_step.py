@@ -136,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------
 def qformer_config(args: argparse.Namespace):
     """Our Q-Former configuration for these sizes."""
-    from lightning_blip.models.blip2.qformer import QFormerConfig
+    from lightning_blip.models.blip2 import QFormerConfig
 
     return QFormerConfig(
         vocab_size=args.vocab_size,
@@ -219,7 +219,7 @@ def reference_name(name: str) -> str:
 
 def build_qformers(args: argparse.Namespace) -> tuple[nn.Module, Reference]:
     """Our Q-Former (normal(0, 0.02) weights) and the reference loaded with the same weights."""
-    from lightning_blip.models.blip2.qformer import QFormer
+    from lightning_blip.models.blip2 import QFormer
 
     ours = QFormer(qformer_config(args))
     reinit_(ours)
@@ -231,8 +231,7 @@ def build_qformers(args: argparse.Namespace) -> tuple[nn.Module, Reference]:
 
 def build_stage1(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     """``Blip2ForPretraining`` with ``itg_cache=True`` and ``False``, identical weights, train mode."""
-    from lightning_blip.models.blip2.model import Blip2Config
-    from lightning_blip.models.blip2.pretraining import Blip2ForPretraining
+    from lightning_blip.models.blip2 import Blip2Config, Blip2ForPretraining
     from lightning_blip.models.shared.vision import VisionConfig
 
     vision = VisionConfig(

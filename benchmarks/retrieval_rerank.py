@@ -36,8 +36,7 @@ import torch
 from pretrain_step import prepare_torch
 from torch import Tensor
 
-from lightning_blip.models.blip.model import BlipConfig, BlipModel
-from lightning_blip.models.blip.med import MEDConfig
+from lightning_blip.models.blip import BlipConfig, BlipModel, MEDConfig
 from lightning_blip.models.shared.retrieval import NOT_RANKED, rerank, topk_masks
 from lightning_blip.models.shared.vision import VisionConfig
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_blip.models.blip.model import BlipConfig
-from lightning_blip.models.blip2.model import Blip2Config
-from lightning_blip.models.blip.med import MEDConfig
-from lightning_blip.models.blip2.qformer import QFormerConfig
+from lightning_blip.models.blip import BlipConfig, MEDConfig
+from lightning_blip.models.blip2 import Blip2Config, QFormerConfig
 from lightning_blip.models.shared.vision import VisionConfig
 
 

@@ -10,7 +10,7 @@ import pytest
 from fake_data import write_fake_caption_eval, write_fake_dataset
 
 from lightning_blip.cli import BlipCLI
-from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.blip import BlipModel
 
 REPO = Path(__file__).resolve().parents[1]
 

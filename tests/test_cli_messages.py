@@ -14,7 +14,7 @@ from conftest import tiny_blip
 from safetensors.torch import save_file
 
 from lightning_blip.cli import main
-from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.blip import BlipModel
 
 REPO = Path(__file__).resolve().parents[1]
 EVERY_COMMAND = ["fit", "validate", "test", "predict", "quickstart", "easy-vqa-finetune", "blip2-miniature"]

@@ -25,7 +25,7 @@ from lightning_blip.capfilt.progress import ImagesPerSecondBar
 from lightning_blip.capfilt.task import CapFiltTask
 from lightning_blip.capfilt.writer import CapFiltWriter, is_done, write_human_chunk, write_summary
 from lightning_blip.checks import check_config
-from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.blip import BlipModel
 
 SETTINGS_FILE = "capfilt.json"
 """The settings that decide the output; a restart into the same folder must repeat them."""

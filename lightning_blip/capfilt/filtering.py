@@ -16,7 +16,7 @@ from torch import Tensor
 from lightning_blip.checks import check_config
 from lightning_blip.data.text import pre_caption
 from lightning_blip.layers.attention import index_kv
-from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.shared.generation import decode_captions, generate_ids
 
 

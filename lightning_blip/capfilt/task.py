@@ -15,7 +15,7 @@ from lightning_blip.capfilt.filtering import (
     select_texts,
 )
 from lightning_blip.data.sampler import sample_seed
-from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.shared.tokenizer import default_tokenizer
 
 

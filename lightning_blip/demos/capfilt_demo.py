@@ -78,7 +78,7 @@ def calibrate_threshold(filter_checkpoint: Path, records: list[dict], seed: int)
 
     from lightning_blip.capfilt.filtering import score_texts
     from lightning_blip.data.transforms import eval_transform
-    from lightning_blip.models.blip.model import BlipModel
+    from lightning_blip.models.blip import BlipModel
 
     wrong, _ = add_noise(records, 1.0, seed)
     model = BlipModel.from_pretrained(filter_checkpoint).eval()

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.models.blip.model import BlipConfig
-from lightning_blip.models.blip.pretraining import BlipForPretraining, MiningFeatures
+from lightning_blip.models.blip import BlipConfig, BlipForPretraining
+from lightning_blip.models.blip.pretraining import MiningFeatures
 from lightning_blip.models.shared.positives import Positives
 from lightning_blip.tasks.base import BlipTask, default_optimizer
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval

@@ -10,8 +10,7 @@ from torch import Tensor, nn
 from lightning_blip.callbacks import HardNegativeMining
 from lightning_blip.losses.itc import max_query_similarity
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.models.blip2.model import Blip2Config
-from lightning_blip.models.blip2.pretraining import Blip2ForPretraining
+from lightning_blip.models.blip2 import Blip2Config, Blip2ForPretraining
 from lightning_blip.models.shared.positives import Positives
 from lightning_blip.tasks.base import BlipTask, default_optimizer
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from lightning_blip.data.vqa import load_answer_list
 from lightning_blip.metrics.vqa import ANSWER_TYPES, VQAAccuracy
-from lightning_blip.models.blip.model import BlipConfig
-from lightning_blip.models.blip.vqa import BlipVQA, InferenceMode, tokenize_answers
+from lightning_blip.models.blip import BlipConfig, BlipVQA
+from lightning_blip.models.blip.vqa import InferenceMode, tokenize_answers
 from lightning_blip.models.shared.generation import decode_captions
 from lightning_blip.models.shared.tokenizer import build_tokenizer
 from lightning_blip.tasks.base import BlipTask, default_optimizer

@@ -11,7 +11,7 @@ from conftest import tiny_blip
 from fake_data import write_fake_dataset
 from safetensors.torch import save_file
 
-from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.blip import BlipModel
 
 
 def save_tiny_blip(path: Path, seed: int, itm_scale: float = 1.0) -> Path:

@@ -17,7 +17,7 @@ from capfilt_data import recipe_args, save_tiny_blip, write_inputs
 from lightning_blip.capfilt.command import check_settings, main
 from lightning_blip.capfilt.plan import Source, input_files
 from lightning_blip.data.annotations import load_annotations
-from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.blip import BlipModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

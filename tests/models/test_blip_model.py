@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import text_batch
 
-from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.shared.generation import greedy_decode
 from lightning_blip.models.shared.tokenizer import build_tokenizer
 

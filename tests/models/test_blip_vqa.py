@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_text, tiny_vision
 
-from lightning_blip.models.blip.model import BlipConfig, BlipModel
-from lightning_blip.models.blip.vqa import BlipVQA, QuestionStates, tokenize_answers, tokenize_questions
+from lightning_blip.models.blip import BlipConfig, BlipModel, BlipVQA, QuestionStates
+from lightning_blip.models.blip.vqa import tokenize_answers, tokenize_questions
 from lightning_blip.models.shared.tokenizer import build_tokenizer
 
 QUESTIONS = ["what color is the shape?", "is there a small circle on the left of the picture?", "how many?"]

@@ -10,8 +10,14 @@ import pytest
 import torch
 from conftest import tiny_text, tiny_vision
 
-from lightning_blip.models.blip.model import BlipConfig, BlipModel
-from lightning_blip.models.shared.generation import _BeamSearch, _process, _TokenSearch, generate_ids, top_per_row
+from lightning_blip.models.blip import BlipConfig, BlipModel
+from lightning_blip.models.shared.generation import (
+    _BeamSearch,
+    _process,
+    _TokenSearch,
+    generate_ids,
+    top_per_row,
+)
 from lightning_blip.models.shared.tokenizer import build_tokenizer
 
 PAD, SEP, BOS = 0, 1, 2

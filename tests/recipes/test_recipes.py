@@ -118,7 +118,7 @@ def test_stage2_recipes_compute_what_lavis_computes():
     """BOS scored after the empty prompt, OPT stopped at the newline alone, FlanT5 with exact GELU."""
     import yaml
 
-    from lightning_blip.models.blip2.llm import Blip2LLMConfig
+    from lightning_blip.models.blip2 import Blip2LLMConfig
 
     built = {}
     for recipe in RECIPES:

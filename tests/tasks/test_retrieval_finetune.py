@@ -14,7 +14,7 @@ from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
 from lightning_blip.data import RetrievalDataModule
 from lightning_blip.losses.itm import NegativeSampler
 from lightning_blip.metrics.retrieval import retrieval_recall
-from lightning_blip.models.blip.pretraining import BlipForPretraining
+from lightning_blip.models.blip import BlipForPretraining
 from lightning_blip.models.shared.retrieval import rerank
 from lightning_blip.tasks import QFormerRetrievalFinetune, RetrievalFinetune
 

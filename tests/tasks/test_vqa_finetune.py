@@ -11,7 +11,7 @@ from conftest import tiny_blip
 from fake_vqa import write_fake_vqa
 
 from lightning_blip.data import VQADataModule
-from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.blip import BlipModel
 from lightning_blip.tasks import VQAFinetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny passes: one thread is faster on 2 cores

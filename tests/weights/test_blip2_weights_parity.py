@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from conftest import text_batch
 
-from lightning_blip.models import blip2_llm
-from lightning_blip.models.blip2.model import Blip2Config, Blip2Model
-from lightning_blip.models.blip2.llm import Blip2ForGeneration
+from lightning_blip.convert.export_blip2 import export_blip2_to_transformers, export_transformers_blip2
+from lightning_blip.convert.ours_blip2 import convert_transformers_blip2, load_converted_blip2
+from lightning_blip.models.blip2 import Blip2Config, Blip2ForGeneration, Blip2Model
+from lightning_blip.models.blip2 import llm as blip2_llm
+from lightning_blip.models.blip2.pretrained import blip2_config_from_transformers
 from lightning_blip.models.blip2.small_llm import (
     DEFAULT_TEXTS,
     tiny_llm_config,
@@ -26,15 +28,8 @@ from lightning_blip.models.blip2.small_llm import (
     train_word_tokenizer,
 )
 from lightning_blip.models.shared.vision import VisionConfig
-from lightning_blip.convert.export_blip2 import export_blip2_to_transformers, export_transformers_blip2
 from lightning_blip.weights.lavis_blip2 import load_lavis_blip2
-from lightning_blip.weights.transformers_blip2 import (
-    blip2_config_from_transformers,
-    convert_transformers_blip2,
-    load_converted_blip2,
-    load_transformers_blip2,
-    match_qkv_bias,
-)
+from lightning_blip.weights.transformers_blip2 import load_transformers_blip2, match_qkv_bias
 
 transformers = pytest.importorskip("transformers")
 
@@ -607,7 +602,7 @@ def test_from_pretrained_reads_each_tensor_of_a_transformers_directory_once(pair
     """The LLM takes ``language_model.*`` when it is built; the rest is read without them."""
     from safetensors import safe_open
 
-    from lightning_blip.models import checkpoint_io
+    from lightning_blip.weights import checkpoint_io
 
     _, source, _, _ = pairs[kind]
     with safe_open(str(source / "model.safetensors"), "pt") as f:

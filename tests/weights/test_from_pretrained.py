@@ -12,11 +12,10 @@ from fake_data import write_fake_dataset
 from safetensors.torch import save_file
 
 from lightning_blip.data import ImageTextDataModule
-from lightning_blip.models.blip.model import BlipModel
-from lightning_blip.models.blip2.model import Blip2Model
-from lightning_blip.models.blip.vqa import BlipVQA
-from lightning_blip.tasks import MEDPretrain, QFormerStage1
+from lightning_blip.models.blip import BlipModel, BlipVQA
+from lightning_blip.models.blip2 import Blip2Model
 from lightning_blip.models.shared.pretrained import detect_format
+from lightning_blip.tasks import MEDPretrain, QFormerStage1
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

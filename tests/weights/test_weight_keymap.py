@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_blip
 from torch import nn
 
-from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.blip import BlipModel
 from lightning_blip.weights import load_transformers_blip, load_with_rules
 from lightning_blip.weights.keymap import rename
 
