@@ -26,8 +26,7 @@ import tempfile
 import torch
 import transformers
 from generation_vs_transformers import TINY_VISION
-from pretrain_step import add_timing_arguments, fill_from_preset, prepare_torch
-from qformer_step import interleaved, ratios
+from timing import add_timing_arguments, fill_from_preset, interleaved, prepare_torch, ratios
 
 from lightning_blip.models.blip2 import Blip2ForGeneration
 from lightning_blip.models.blip2.small_llm import (

@@ -32,7 +32,7 @@ import statistics
 import sys
 
 import torch
-from pretrain_step import add_timing_arguments, count_flops, prepare_torch, reinit_, timed
+from timing import add_timing_arguments, count_flops, prepare_torch, reinit_, timed
 
 from lightning_blip.models.blip import BlipConfig, BlipModel, MEDConfig
 from lightning_blip.models.shared.generation import generate_ids

@@ -38,8 +38,15 @@ import tempfile
 import torch
 import transformers
 from pretrain_step import PRESETS as PRETRAIN_PRESETS
-from pretrain_step import add_timing_arguments, count_flops, fill_from_preset, prepare_torch, profile, reinit_
-from qformer_step import interleaved
+from timing import (
+    add_timing_arguments,
+    count_flops,
+    fill_from_preset,
+    interleaved,
+    prepare_torch,
+    profile,
+    reinit_,
+)
 from torch import Tensor
 
 from lightning_blip.models.blip import BlipModel

@@ -33,7 +33,7 @@ import sys
 import time
 
 import torch
-from pretrain_step import prepare_torch
+from timing import prepare_torch
 from torch import Tensor
 
 from lightning_blip.models.blip import BlipConfig, BlipModel, MEDConfig
