@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 
 _HOMES: dict[str, str] = {
     **dict.fromkeys(
-        ("BlipConfig", "BlipModel", "BlipVQA", "BlipForPretraining", "MEDConfig"), "lightning_blip.models.blip"
+        ("BlipConfig", "BlipModel", "BlipVQA", "BlipForPretraining", "MEDConfig"),
+        "lightning_blip.models.blip",
     ),
     **dict.fromkeys(
         ("Blip2Config", "Blip2Model", "Blip2LLMConfig", "Blip2ForGeneration", "QFormer", "QFormerConfig"),
@@ -44,12 +45,14 @@ _HOMES: dict[str, str] = {
         ),
         "lightning_blip.data",
     ),
-    **dict.fromkeys(("MomentumEncoder", "HardNegativeMining", "PredictionWriter"), "lightning_blip.callbacks"),
+    **dict.fromkeys(
+        ("MomentumEncoder", "HardNegativeMining", "PredictionWriter"), "lightning_blip.callbacks"
+    ),
     **dict.fromkeys(("WarmupCosineLR", "WarmupStepDecayLR"), "lightning_blip.optim"),
 }
 """Name -> the module that defines or re-exports it."""
 
-__all__ = sorted(_HOMES)
+__all__ = sorted(_HOMES)  # noqa: PLE0605 (the table's names; a literal would repeat each)
 
 
 def __getattr__(name: str) -> Any:

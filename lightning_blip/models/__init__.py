@@ -18,25 +18,26 @@ from lightning_blip.models.blip import (
 from lightning_blip.models.blip2 import (
     Blip2Config,
     Blip2ForGeneration,
+    Blip2ForPretraining,
     Blip2LLMConfig,
     Blip2Model,
     QFormer,
     QFormerConfig,
 )
-from lightning_blip.models.shared import (
+from lightning_blip.models.shared.retrieval import (
     RerankedScores,
     RetrievalMixin,
-    VisionConfig,
-    VisionEncoder,
-    build_tokenizer,
     rerank,
     score_pairs,
     topk_masks,
 )
+from lightning_blip.models.shared.tokenizer import build_tokenizer
+from lightning_blip.models.shared.vision import VisionConfig, VisionEncoder
 
 __all__ = [
     "Blip2Config",
     "Blip2ForGeneration",
+    "Blip2ForPretraining",
     "Blip2LLMConfig",
     "Blip2Model",
     "BlipConfig",

@@ -2,18 +2,10 @@
 frozen LLM), the stage-1 objectives and OPT decoding; ``pretrained`` builds them from other formats'
 configs."""
 
-from lightning_blip.models.blip2.config import Blip2Config, Blip2LLMConfig
-from lightning_blip.models.blip2.llm import Blip2ForGeneration
-from lightning_blip.models.blip2.model import Blip2Model
-from lightning_blip.models.blip2.pretraining import Blip2ForPretraining
-from lightning_blip.models.blip2.qformer import QFormer, QFormerConfig
-
-__all__ = [
-    "Blip2Config",
-    "Blip2ForGeneration",
-    "Blip2ForPretraining",
-    "Blip2LLMConfig",
-    "Blip2Model",
-    "QFormer",
-    "QFormerConfig",
-]
+from lightning_blip.models.blip2.config import Blip2Config as Blip2Config
+from lightning_blip.models.blip2.config import Blip2LLMConfig as Blip2LLMConfig
+from lightning_blip.models.blip2.llm import Blip2ForGeneration as Blip2ForGeneration
+from lightning_blip.models.blip2.model import Blip2Model as Blip2Model
+from lightning_blip.models.blip2.pretraining import Blip2ForPretraining as Blip2ForPretraining
+from lightning_blip.models.blip2.qformer import QFormer as QFormer
+from lightning_blip.models.blip2.qformer import QFormerConfig as QFormerConfig
