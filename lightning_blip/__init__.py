@@ -21,7 +21,7 @@ _HOMES: dict[str, str] = {
         ("Blip2Config", "Blip2Model", "Blip2LLMConfig", "Blip2ForGeneration", "QFormer", "QFormerConfig"),
         "lightning_blip.models.blip2",
     ),
-    **dict.fromkeys(("VisionConfig", "build_tokenizer"), "lightning_blip.models.shared"),
+    **dict.fromkeys(("VisionConfig", "build_tokenizer"), "lightning_blip.models"),
     **dict.fromkeys(
         (
             "MEDPretrain",
