@@ -26,11 +26,10 @@ import tempfile
 import torch
 import transformers
 from generation_vs_transformers import TINY_VISION
-from pretrain_step import add_timing_arguments, fill_from_preset, prepare_torch
-from qformer_step import interleaved, ratios
+from timing import add_timing_arguments, fill_from_preset, interleaved, prepare_torch, ratios
 
-from lightning_blip.models.blip2_llm import Blip2ForGeneration
-from lightning_blip.models.small_llm import (
+from lightning_blip.models.blip2 import Blip2ForGeneration
+from lightning_blip.models.blip2.small_llm import (
     DEFAULT_TEXTS,
     tiny_llm_config,
     tokenizer_for,

@@ -1,7 +1,7 @@
 """Time BLIP caption generation with the KV cache against recomputing everything each step.
 
 Same model, same weights, same images, one run: greedy decoding and beam search (3 beams) through
-``lightning_blip.models.generation.generate_ids`` with
+``lightning_blip.models.shared.generation.generate_ids`` with
 
 - ``use_cache=True``: the image's cross-attention keys/values are projected once per image (shared by
   its beams, never copied per beam) and the self-attention keys/values are cached, so each step runs
@@ -32,12 +32,11 @@ import statistics
 import sys
 
 import torch
-from pretrain_step import add_timing_arguments, count_flops, prepare_torch, reinit_, timed
+from timing import add_timing_arguments, count_flops, prepare_torch, reinit_, timed
 
-from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.generation import generate_ids
-from lightning_blip.models.med import MEDConfig
-from lightning_blip.models.vision import VisionConfig
+from lightning_blip.models.blip import BlipConfig, BlipModel, MEDConfig
+from lightning_blip.models.shared.generation import generate_ids
+from lightning_blip.models.shared.vision import VisionConfig
 
 PROMPT_IDS = [30522, 1037, 3861, 1997]  # [DEC] a picture of
 

@@ -38,14 +38,21 @@ import tempfile
 import torch
 import transformers
 from pretrain_step import PRESETS as PRETRAIN_PRESETS
-from pretrain_step import add_timing_arguments, count_flops, fill_from_preset, prepare_torch, profile, reinit_
-from qformer_step import interleaved
+from timing import (
+    add_timing_arguments,
+    count_flops,
+    fill_from_preset,
+    interleaved,
+    prepare_torch,
+    profile,
+    reinit_,
+)
 from torch import Tensor
 
 from lightning_blip.models.blip import BlipModel
-from lightning_blip.models.generation import generate_ids
-from lightning_blip.models.tokenizer import default_tokenizer
-from lightning_blip.weights.convert import blip_config_from_transformers
+from lightning_blip.models.blip.pretrained import blip_config_from_transformers
+from lightning_blip.models.shared.generation import generate_ids
+from lightning_blip.models.shared.tokenizer import default_tokenizer
 from lightning_blip.weights.transformers_blip import load_transformers_blip
 
 # the ViT of the weights tests/weights use (tests/conftest.py's tiny_vision; the same in BLIP-2's tests)

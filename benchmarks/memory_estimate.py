@@ -82,12 +82,16 @@ from transformers import (
 )
 
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.models import blip2_llm
-from lightning_blip.models.blip2 import Blip2Config, FrozenAwareImageEncoder
-from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
-from lightning_blip.models.blip2_pretraining import Blip2ForPretraining
-from lightning_blip.models.qformer import QFormer
-from lightning_blip.models.small_llm import DEFAULT_TEXTS, tokenizer_for, train_word_tokenizer
+from lightning_blip.models.blip2 import (
+    Blip2Config,
+    Blip2ForGeneration,
+    Blip2ForPretraining,
+    Blip2LLMConfig,
+    QFormer,
+)
+from lightning_blip.models.blip2 import llm as blip2_llm
+from lightning_blip.models.blip2.model import FrozenAwareImageEncoder
+from lightning_blip.models.blip2.small_llm import DEFAULT_TEXTS, tokenizer_for, train_word_tokenizer
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPES = ("blip2_stage1", "blip2_stage1_vitl", "blip2_stage2_opt", "blip2_stage2_flant5")

@@ -4,7 +4,7 @@ Part ``qformer``: forward + backward of one Q-Former query pass over image featu
 transformers, both in train mode with the same dropout and the same weights (copied from ours to
 the reference by an explicit name mapping). Loss = mean of squares of the outputs.
 
-Ours:       ``lightning_blip.models.qformer.QFormer`` called as ``qformer(image_embeds=feats)``.
+Ours:       ``lightning_blip.models.blip2.qformer.QFormer`` called as ``qformer(image_embeds=feats)``.
 Reference:  transformers' ``Blip2QFormerModel(query_embeds=queries, encoder_hidden_states=feats)``
             with the learnable queries held next to it (as ``Blip2Model`` does), in its default
             attention implementation (SDPA; with dropout in training torch runs SDPA's math kernel
@@ -43,20 +43,21 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 
 import torch
-from pretrain_step import (
+from timing import (
     add_timing_arguments,
     count_flops,
     fill_from_preset,
+    interleaved,
     make_batch,
     prepare_torch,
     profile,
+    ratios,
     reinit_,
-    timed,
+    report,
 )
 from torch import Tensor, nn
 
@@ -136,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------
 def qformer_config(args: argparse.Namespace):
     """Our Q-Former configuration for these sizes."""
-    from lightning_blip.models.qformer import QFormerConfig
+    from lightning_blip.models.blip2 import QFormerConfig
 
     return QFormerConfig(
         vocab_size=args.vocab_size,
@@ -219,7 +220,7 @@ def reference_name(name: str) -> str:
 
 def build_qformers(args: argparse.Namespace) -> tuple[nn.Module, Reference]:
     """Our Q-Former (normal(0, 0.02) weights) and the reference loaded with the same weights."""
-    from lightning_blip.models.qformer import QFormer
+    from lightning_blip.models.blip2 import QFormer
 
     ours = QFormer(qformer_config(args))
     reinit_(ours)
@@ -231,9 +232,8 @@ def build_qformers(args: argparse.Namespace) -> tuple[nn.Module, Reference]:
 
 def build_stage1(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     """``Blip2ForPretraining`` with ``itg_cache=True`` and ``False``, identical weights, train mode."""
-    from lightning_blip.models.blip2 import Blip2Config
-    from lightning_blip.models.blip2_pretraining import Blip2ForPretraining
-    from lightning_blip.models.vision import VisionConfig
+    from lightning_blip.models.blip2 import Blip2Config, Blip2ForPretraining
+    from lightning_blip.models.shared.vision import VisionConfig
 
     vision = VisionConfig(
         model_name="vit_base_patch16_224",
@@ -257,54 +257,6 @@ def build_stage1(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     uncached = Blip2ForPretraining(config, itg_cache=False)
     uncached.load_state_dict(cached.state_dict())
     return cached.train(), uncached.train()
-
-
-# ------------------------------------------------------------------------------------------------
-# timing
-# ------------------------------------------------------------------------------------------------
-def interleaved(
-    steps: dict[Hashable, Callable[[], object]], args: argparse.Namespace
-) -> dict[Hashable, list[float]]:
-    """Warm-up, then ``--repeats`` rounds over ``steps``, the order reversed every other round."""
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    times: dict[Hashable, list[float]] = {name: [] for name in steps}
-    order = list(steps)
-    for i in range(args.repeats):
-        for name in order if i % 2 == 0 else order[::-1]:
-            times[name].append(timed(steps[name]))
-    return times
-
-
-def report(times: dict[str, list[float]], args: argparse.Namespace) -> dict[str, float]:
-    """Print median / min / max per side (and a warning for noisy sides); return the medians."""
-    print(f"  seconds per step ({args.repeats} interleaved repeats after {args.warmup} warm-up steps each):")
-    medians = {}
-    for name, ts in times.items():
-        medians[name] = statistics.median(ts)
-        print(f"    {name:<22} median {medians[name]:.4f}  min {min(ts):.4f}  max {max(ts):.4f}")
-    noisy = [name for name, ts in times.items() if max(ts) > 1.5 * min(ts)]
-    if noisy:
-        print(
-            f"  warning: {', '.join(noisy)} varied by more than 1.5x between repeats: the machine was busy; "
-            "rerun or raise --repeats"
-        )
-    return medians
-
-
-def ratios(times: dict[str, list[float]], slower: str, faster: str) -> str:
-    """``slower / faster`` as ratios of medians and of minimums, and the median of per-round ratios.
-
-    The per-round ratio pairs the two steps run next to each other, so it is the least affected by
-    load from other processes that comes and goes.
-    """
-    a, b = times[slower], times[faster]
-    paired = statistics.median(x / y for x, y in zip(a, b))
-    return (
-        f"{statistics.median(a) / statistics.median(b):.2f}x of medians, {min(a) / min(b):.2f}x of "
-        f"minimums, {paired:.2f}x median of per-round ratios"
-    )
 
 
 def training_step(model: nn.Module, forward: Callable[[], Tensor]) -> Callable[[], Tensor]:

@@ -5,7 +5,7 @@ its top-k lists (k texts per image, k images per text). Both sides then produce 
 score matrices (ITM match logit + ITC similarity on the top k, -100 elsewhere) and must agree.
 
 Ours:   ``forward_image`` once per image (batched), then
-        :func:`lightning_blip.models.retrieval.rerank`: the pairs grouped by image, each image's
+        :func:`lightning_blip.models.shared.retrieval.rerank`: the pairs grouped by image, each image's
         cross-attention keys/values projected once and shared by all its candidate texts, a pair in
         both top-k lists scored once.
 Naive:  for every query, its k pairs in one batch, each pair with its own ViT pass and ITM pass
@@ -33,13 +33,12 @@ import sys
 import time
 
 import torch
-from pretrain_step import prepare_torch
+from timing import prepare_torch
 from torch import Tensor
 
-from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.med import MEDConfig
-from lightning_blip.models.retrieval import NOT_RANKED, rerank, topk_masks
-from lightning_blip.models.vision import VisionConfig
+from lightning_blip.models.blip import BlipConfig, BlipModel, MEDConfig
+from lightning_blip.models.shared.retrieval import NOT_RANKED, rerank, topk_masks
+from lightning_blip.models.shared.vision import VisionConfig
 
 PRESETS = {
     # BLIP-shaped (patch 16, head dim 64, FFN 4x, ViT and text of one width) but small enough for CPU:

@@ -1,8 +1,8 @@
 """BLIP and BLIP-2 as PyTorch Lightning components.
 
-The names users reach for first are importable from here (``from lightning_blip import BlipModel,
-MEDPretrain, ImageTextDataModule, list_pretrained``); each is imported on first use, so that
-``import lightning_blip`` stays cheap (no torch, no Lightning).
+The classes users reach for first are importable from here (``from lightning_blip import BlipModel,
+MEDPretrain, ImageTextDataModule, list_pretrained``); each is loaded from its module on first use, so that ``import
+lightning_blip`` imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -12,31 +12,56 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "lightning_blip.models": (
-        "BlipConfig", "BlipModel", "BlipVQA", "BlipForPretraining", "Blip2Config", "Blip2Model",
-        "Blip2ForGeneration", "Blip2LLMConfig", "MEDConfig", "QFormer", "QFormerConfig", "VisionConfig",
-        "build_tokenizer",
+_HOMES: dict[str, str] = {
+    **dict.fromkeys(
+        ("BlipConfig", "BlipModel", "BlipVQA", "BlipForPretraining", "MEDConfig"),
+        "lightning_blip.models.blip",
     ),
-    "lightning_blip.tasks": (
-        "MEDPretrain", "CaptionFinetune", "VQAFinetune", "RetrievalFinetune", "QFormerStage1", "QFormerStage2",
-        "QFormerRetrievalFinetune",
+    **dict.fromkeys(
+        ("Blip2Config", "Blip2Model", "Blip2LLMConfig", "Blip2ForGeneration", "QFormer", "QFormerConfig"),
+        "lightning_blip.models.blip2",
     ),
-    "lightning_blip.data": ("ImageTextDataModule", "CaptionDataModule", "VQADataModule", "RetrievalDataModule"),
-    "lightning_blip.callbacks": ("MomentumEncoder", "HardNegativeMining", "PredictionWriter"),
-    "lightning_blip.weights.registry": ("list_pretrained", "get_pretrained"),
-}  # fmt: skip
-_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
+    **dict.fromkeys(("VisionConfig", "build_tokenizer"), "lightning_blip.models"),
+    **dict.fromkeys(
+        (
+            "MEDPretrain",
+            "QFormerStage1",
+            "QFormerStage2",
+            "CaptionFinetune",
+            "VQAFinetune",
+            "RetrievalFinetune",
+            "QFormerRetrievalFinetune",
+        ),
+        "lightning_blip.tasks",
+    ),
+    **dict.fromkeys(
+        (
+            "ImageTextDataModule",
+            "CaptionDataModule",
+            "VQADataModule",
+            "RetrievalDataModule",
+            "EasyVQACaptionDataModule",
+            "EasyVQADataModule",
+        ),
+        "lightning_blip.data",
+    ),
+    **dict.fromkeys(
+        ("MomentumEncoder", "HardNegativeMining", "PredictionWriter"), "lightning_blip.callbacks"
+    ),
+    **dict.fromkeys(("WarmupCosineLR", "WarmupStepDecayLR"), "lightning_blip.optim"),
+    **dict.fromkeys(("list_pretrained", "get_pretrained"), "lightning_blip.weights.registry"),
+}
+"""Name -> the module that defines or re-exports it."""
 
-__all__ = list(_MODULE_OF)
+__all__ = sorted(_HOMES)  # noqa: PLE0605 (the table's names; a literal would repeat each)
 
 
 def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lightning_blip' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # imported once
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
     return value
 
 

@@ -21,20 +21,21 @@ LIGHTNING_COMMANDS = {
 
 COMMANDS = {
     "quickstart": Command(
-        "lightning_blip.quickstart:main", "pretrain a small MED on easy-VQA captions, offline, on the CPU"
+        "lightning_blip.demos.quickstart:main",
+        "pretrain a small MED on easy-VQA captions, offline, on the CPU",
     ),
     "easy-vqa-finetune": Command(
-        "lightning_blip.easy_vqa_finetune:main",
+        "lightning_blip.demos.easy_vqa_finetune:main",
         "captioning, VQA and retrieval fine-tuned from the quickstart's model",
     ),
     "blip2-miniature": Command(
-        "lightning_blip.blip2_miniature:main", "BLIP-2's two stages on easy-VQA, offline, on the CPU"
+        "lightning_blip.demos.blip2_miniature:main", "BLIP-2's two stages on easy-VQA, offline, on the CPU"
     ),
     "consolidate": Command(
-        "lightning_blip.checkpoints:main", "turn a sharded (FSDP2) checkpoint directory into one file"
+        "lightning_blip.cli_consolidate:main", "turn a sharded (FSDP2) checkpoint directory into one file"
     ),
     "convert": Command(
-        "lightning_blip.weights.convert:main", "convert weights: transformers, salesforce BLIP, LAVIS, ours"
+        "lightning_blip.convert.command:main", "convert weights: transformers, salesforce BLIP, LAVIS, ours"
     ),
     "list-pretrained": Command(
         "lightning_blip.cli_pretrained:main", "released checkpoints and pretrained parts, by name"
@@ -44,7 +45,7 @@ COMMANDS = {
         "bootstrap a data set with a captioner and a filter (-c recipes/capfilt.yaml)",
     ),
     "capfilt-demo": Command(
-        "lightning_blip.capfilt_demo:main",
+        "lightning_blip.demos.capfilt_demo:main",
         "CapFilt on easy-VQA, offline: does the filter find the wrong captions?",
     ),
 }

@@ -11,11 +11,11 @@ from lightning.pytorch.cli import LightningCLI
 # imported so that jsonargparse resolves the short names of their classes: `--model CaptionFinetune`
 import lightning_blip.data
 import lightning_blip.tasks  # noqa: F401
-from lightning_blip.checkpoints import check_distributed_checkpoint
 from lightning_blip.cli_errors import underlying_error
 from lightning_blip.cli_overrides import check_checkpoint_fits, command_line_model_keys, reapply
 from lightning_blip.cli_quiet import silence_tips
 from lightning_blip.resume import resume_last
+from lightning_blip.weights.distributed import check_distributed_checkpoint
 
 
 class BlipCLI(LightningCLI):

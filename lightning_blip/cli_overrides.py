@@ -16,7 +16,7 @@ from typing import Any
 from jsonargparse import Namespace
 from torch import nn
 
-from lightning_blip.models.checkpoint_io import load_torch_file
+from lightning_blip.weights.checkpoint_io import load_torch_file
 
 _CONTAINER_KEYS = ("init_args", "dict_kwargs")
 

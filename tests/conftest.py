@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_blip.models.blip import BlipConfig
-from lightning_blip.models.blip2 import Blip2Config
-from lightning_blip.models.med import MEDConfig
-from lightning_blip.models.qformer import QFormerConfig
-from lightning_blip.models.vision import VisionConfig
+from lightning_blip.models.blip import BlipConfig, MEDConfig
+from lightning_blip.models.blip2 import Blip2Config, QFormerConfig
+from lightning_blip.models.shared.vision import VisionConfig
 
 
 def tiny_vision(image_size: int = 32, timm_kwargs_extra: dict | None = None, **kw) -> VisionConfig:
@@ -49,7 +47,9 @@ def tiny_qformer(**kw) -> QFormerConfig:
 
 def tiny_blip2(**qformer_kw) -> Blip2Config:
     """Tiny frozen ViT (its last block removed, no final norm) + tiny Q-Former."""
-    vision = tiny_vision(timm_kwargs_extra={"depth": 3}, num_removed_blocks=1, final_norm=False, weights="random")
+    vision = tiny_vision(
+        timm_kwargs_extra={"depth": 3}, num_removed_blocks=1, final_norm=False, weights="random"
+    )
     return Blip2Config(vision=vision, qformer=tiny_qformer(**qformer_kw), embed_dim=32)
 
 
@@ -93,7 +93,7 @@ def convert_ours_to_transformers(model: torch.nn.Module, tmp_path, task: str) ->
 
     from safetensors.torch import save_file
 
-    from lightning_blip.weights import convert
+    from lightning_blip.convert import command as convert
 
     src, out = tmp_path / "ours", tmp_path / "hf"
     src.mkdir()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_blip.blip2_miniature import main, majority_answer, vqa_accuracy_by_type
 from lightning_blip.data.easy_vqa_text import answer_type, easy_vqa_lm_texts, paraphrases
+from lightning_blip.demos.blip2_miniature import main, majority_answer, vqa_accuracy_by_type
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_blip
 
-from lightning_blip.capfilt_demo import add_noise, main, separating_threshold
+from lightning_blip.demos.capfilt_demo import add_noise, main, separating_threshold
 from lightning_blip.tasks import MEDPretrain
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_blip
 
-from lightning_blip.easy_vqa_finetune import main, newest_checkpoint, write_distinct_captions
+from lightning_blip.demos.easy_vqa_finetune import main, newest_checkpoint, write_distinct_captions
 from lightning_blip.tasks import MEDPretrain
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_blip.quickstart import main
+from lightning_blip.demos.quickstart import main
 
 REPO = Path(__file__).resolve().parents[1]
 

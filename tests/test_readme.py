@@ -20,10 +20,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 from conftest import tiny_blip, tiny_blip2, tiny_qformer, tiny_vision
 
+from lightning_blip.convert.export_blip import export_transformers_blip
+from lightning_blip.convert.export_blip2 import export_blip2_to_transformers
 from lightning_blip.models import Blip2ForGeneration, Blip2LLMConfig, Blip2Model, BlipModel, BlipVQA
-from lightning_blip.models.small_llm import save_tiny_llm
-from lightning_blip.weights.export_blip import export_transformers_blip
-from lightning_blip.weights.export_blip2 import export_blip2_to_transformers
+from lightning_blip.models.blip2.small_llm import save_tiny_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "CONTRIBUTING.md")

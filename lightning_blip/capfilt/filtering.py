@@ -17,7 +17,7 @@ from lightning_blip.checks import check_config
 from lightning_blip.data.text import pre_caption
 from lightning_blip.layers.attention import index_kv
 from lightning_blip.models.blip import BlipModel
-from lightning_blip.models.generation import decode_captions, generate_ids
+from lightning_blip.models.shared.generation import decode_captions, generate_ids
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from lightning_blip.capfilt.filtering import (
 )
 from lightning_blip.data.sampler import sample_seed
 from lightning_blip.models.blip import BlipModel
-from lightning_blip.models.tokenizer import default_tokenizer
+from lightning_blip.models.shared.tokenizer import default_tokenizer
 
 
 class CapFiltTask(L.LightningModule):

@@ -22,7 +22,7 @@ from lightning_blip.data.dataset import ImageTextDataset
 from lightning_blip.data.image_folder import folder_records
 from lightning_blip.data.sampler import ResumableDataLoader, ResumableDistributedSampler
 from lightning_blip.data.transforms import eval_transform, train_transform
-from lightning_blip.models.tokenizer import build_tokenizer
+from lightning_blip.models.shared.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-# The CLIP normalisation constants, which BLIP and BLIP-2 use as well.
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
+from lightning_blip.models.shared.vision import MEAN, STD
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -34,7 +34,7 @@ from lightning_blip.data.datamodule import ImageTextDataModule, Paths, check_ann
 from lightning_blip.data.dataset import SkippingImageDataset
 from lightning_blip.data.text import pre_question
 from lightning_blip.data.transforms import eval_transform, train_transform
-from lightning_blip.models.blip_vqa import MAX_QUESTION_TOKENS, tokenize_answers, tokenize_questions
+from lightning_blip.models.blip.vqa import MAX_QUESTION_TOKENS, tokenize_answers, tokenize_questions
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -10,6 +12,18 @@ from lightning_blip.layers.regrouped_attention import regrouped_cross_attention
 
 KeyValue = tuple[Tensor, Tensor]
 """Keys and values of one attention layer, each ``(B, H, S, Dh)``."""
+
+
+class LayerCache(NamedTuple):
+    """Per-layer decoding cache: growing self-attention keys/values and the image's fixed ones.
+
+    ``image_mask`` ``(B, N)`` (1 = attend) masks padded cross-attention memory, e.g. the question
+    states that BLIP's VQA answer decoder reads; None = attend to every memory token (images).
+    """
+
+    self_kv: KeyValue | None
+    image_kv: KeyValue | None
+    image_mask: Tensor | None = None
 
 
 def index_kv(layers: list[KeyValue | None], index: Tensor) -> list[KeyValue | None]:

@@ -1,19 +1,43 @@
-"""Plain ``nn.Module`` models (no Lightning import): usable on their own."""
+"""Plain ``nn.Module`` models (no Lightning import): usable on their own.
 
-from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.blip2 import Blip2Config, Blip2Model
-from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
-from lightning_blip.models.blip_pretraining import BlipForPretraining
-from lightning_blip.models.blip_vqa import BlipVQA, QuestionStates
-from lightning_blip.models.med import MEDConfig, MEDTextModel
-from lightning_blip.models.qformer import QFormer, QFormerConfig
-from lightning_blip.models.retrieval import RerankedScores, RetrievalMixin, rerank, score_pairs, topk_masks
-from lightning_blip.models.tokenizer import build_tokenizer
-from lightning_blip.models.vision import VisionConfig, VisionEncoder
+``shared/`` holds what both families use (vision encoder, tokenizer, decoding, retrieval scoring,
+``from_pretrained``), ``blip/`` the BLIP family (MED, ``BlipModel``, pretraining, VQA) and ``blip2/``
+the BLIP-2 family (Q-Former, ``Blip2Model``, ``Blip2ForGeneration``, pretraining). The names here are
+those of the families' ``__init__``.
+"""
+
+from lightning_blip.models.blip import (
+    BlipConfig,
+    BlipForPretraining,
+    BlipModel,
+    BlipVQA,
+    MEDConfig,
+    MEDTextModel,
+    QuestionStates,
+)
+from lightning_blip.models.blip2 import (
+    Blip2Config,
+    Blip2ForGeneration,
+    Blip2ForPretraining,
+    Blip2LLMConfig,
+    Blip2Model,
+    QFormer,
+    QFormerConfig,
+)
+from lightning_blip.models.shared.retrieval import (
+    RerankedScores,
+    RetrievalMixin,
+    rerank,
+    score_pairs,
+    topk_masks,
+)
+from lightning_blip.models.shared.tokenizer import build_tokenizer
+from lightning_blip.models.shared.vision import VisionConfig, VisionEncoder
 
 __all__ = [
     "Blip2Config",
     "Blip2ForGeneration",
+    "Blip2ForPretraining",
     "Blip2LLMConfig",
     "Blip2Model",
     "BlipConfig",

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from lightning_blip.losses.gather import global_token_mean, no_tokens
 from lightning_blip.metrics.caption_tokenizer import Backend
 from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.tokenizer import build_tokenizer
+from lightning_blip.models.shared.tokenizer import build_tokenizer
 from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 from lightning_blip.tasks.caption_eval import CaptionEval, generation_options
 

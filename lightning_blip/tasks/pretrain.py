@@ -9,8 +9,9 @@ from torch import Tensor, nn
 
 from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.models.blip import BlipConfig
-from lightning_blip.models.blip_pretraining import BlipForPretraining, MiningFeatures, Positives
+from lightning_blip.models.blip import BlipConfig, BlipForPretraining
+from lightning_blip.models.blip.pretraining import MiningFeatures
+from lightning_blip.models.shared.positives import Positives
 from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
 
@@ -18,7 +19,7 @@ from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
 class MEDPretrain(ITCRetrievalEval, BlipTask):
     """BLIP pretraining of the MED model on image-text pairs.
 
-    A thin layer over :class:`~lightning_blip.models.blip_pretraining.BlipForPretraining`: it ramps
+    A thin layer over :class:`~lightning_blip.models.blip.pretraining.BlipForPretraining`: it ramps
     alpha, clamps the temperature, logs each loss and shards the model under FSDP2. The momentum
     EMA and the ITM negatives are the ``MomentumEncoder`` and ``HardNegativeMining`` callbacks; a
     bare module adds both with their defaults, a recipe may configure its own.

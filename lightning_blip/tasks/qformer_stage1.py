@@ -10,13 +10,12 @@ from torch import Tensor, nn
 from lightning_blip.callbacks import HardNegativeMining
 from lightning_blip.losses.itc import max_query_similarity
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.models.blip2 import Blip2Config
-from lightning_blip.models.blip2_pretraining import Blip2ForPretraining
-from lightning_blip.models.blip_pretraining import Positives
-from lightning_blip.models.checkpoint_io import load_state_dict_file
-from lightning_blip.models.vision import check_frozen_weights
+from lightning_blip.models.blip2 import Blip2Config, Blip2ForPretraining
+from lightning_blip.models.shared.positives import Positives
+from lightning_blip.models.shared.vision import check_frozen_weights
 from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
+from lightning_blip.weights.checkpoint_io import load_state_dict_file
 from lightning_blip.weights.keymap import LoadReport
 
 

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from lightning_blip.losses.gather import global_token_mean, no_tokens
 from lightning_blip.metrics.caption_tokenizer import Backend
-from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
-from lightning_blip.models.vision import check_frozen_weights
+from lightning_blip.models.blip2 import Blip2ForGeneration, Blip2LLMConfig
+from lightning_blip.models.shared.vision import check_frozen_weights
 from lightning_blip.tasks.base import BlipTask, default_optimizer
 from lightning_blip.tasks.caption_eval import CaptionEval, generation_options
 

@@ -7,16 +7,16 @@ from torch import Tensor
 
 from lightning_blip.losses.gather import pad_to
 from lightning_blip.metrics.retrieval import retrieval_recall
-from lightning_blip.models.retrieval import RetrievalModel, rerank
+from lightning_blip.models.shared.retrieval import RetrievalModel, rerank
 
 
 class RerankRetrievalEval:
     """Validation/test: ITC similarity of every image with every text, ITM re-ranking of the top
-    ``k_test``, then R@1/5/10 both ways (:func:`~lightning_blip.models.retrieval.rerank`,
+    ``k_test``, then R@1/5/10 both ways (:func:`~lightning_blip.models.shared.retrieval.rerank`,
     :func:`~lightning_blip.metrics.retrieval.retrieval_recall`).
 
     Mixed into a LightningModule that sets ``k_test`` and ``rerank_batch_size`` and defines
-    ``retrieval_model()`` (a :class:`~lightning_blip.models.retrieval.RetrievalModel`). Batches
+    ``retrieval_model()`` (a :class:`~lightning_blip.models.shared.retrieval.RetrievalModel`). Batches
     come from :class:`~lightning_blip.data.retrieval.RetrievalCollator` (images with all their
     captions). Each step runs the ViT once per image and keeps its tokens (on the CPU, as
     salesforce/BLIP does) for the re-ranking at the end of the epoch, which gathers the features

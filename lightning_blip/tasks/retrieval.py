@@ -7,8 +7,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
 from lightning_blip.losses.itm import NegativeSampler
 from lightning_blip.models.blip import BlipConfig, BlipModel
+from lightning_blip.models.blip.pretraining import MiningFeatures
 from lightning_blip.models.blip2 import Blip2Config, Blip2Model
-from lightning_blip.models.blip_pretraining import MiningFeatures, Positives
+from lightning_blip.models.shared.positives import Positives
 from lightning_blip.tasks.base import default_optimizer
 from lightning_blip.tasks.pretrain import MEDPretrain
 from lightning_blip.tasks.qformer_stage1 import QFormerStage1

@@ -10,15 +10,15 @@ from torch import Tensor, nn
 
 from lightning_blip.data.vqa import load_answer_list
 from lightning_blip.metrics.vqa import ANSWER_TYPES, VQAAccuracy
-from lightning_blip.models.blip import BlipConfig
-from lightning_blip.models.blip_vqa import BlipVQA, InferenceMode, tokenize_answers
-from lightning_blip.models.generation import decode_captions
-from lightning_blip.models.tokenizer import build_tokenizer
+from lightning_blip.models.blip import BlipConfig, BlipVQA
+from lightning_blip.models.blip.vqa import InferenceMode, tokenize_answers
+from lightning_blip.models.shared.generation import decode_captions
+from lightning_blip.models.shared.tokenizer import build_tokenizer
 from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 
 
 class VQAFinetune(BlipTask):
-    """VQA fine-tuning of BLIP: a thin layer over :class:`~lightning_blip.models.blip_vqa.BlipVQA`.
+    """VQA fine-tuning of BLIP: a thin layer over :class:`~lightning_blip.models.blip.vqa.BlipVQA`.
 
     Training loss: each answer's label-smoothed cross entropy, weighted by its share of the
     annotators (the data sets the weights), summed and divided by the batch size (BLIP's loss).

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lightning_blip.models.vision import resize_position_embeddings
+from lightning_blip.weights.pos_embed import resize_position_embeddings
 
 Rule = tuple[str, str]
 """``(regex over a whole source key, replacement with \\1-style groups)``: the target key of ours."""
@@ -168,3 +168,27 @@ def _resample_pos_embed(model: nn.Module, target: str, value: Tensor, shape: tor
     if value.shape[-1] != shape[-1] or not hasattr(vit, "patch_embed"):
         return value
     return resize_position_embeddings(value, vit.patch_embed.grid_size, vit.num_prefix_tokens)
+
+
+def _strip_to(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Drop the task wrappers' key prefixes (``model.``, ``model.blip.``, ``model.blip2.``)."""
+    own = model.state_dict().keys()
+    for prefix in ("model.blip2.", "model.blip.", "model.", ""):
+        stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if stripped and any(k in own for k in stripped):
+            return stripped
+    return state
+
+
+def load_own_state(
+    model: nn.Module, state: dict[str, Tensor], frozen: tuple[str, ...], strict: bool, source: str
+):
+    """Load our own keys (task prefixes stripped); keys under ``frozen`` may be absent.
+
+    Raises:
+        KeyError: ``strict`` and keys are missing (beyond ``frozen``) or unexpected (named).
+        ValueError: a shape differs (key and both shapes named).
+    """
+    state = _strip_to(state, model)
+    absent = tuple(re.escape(p) + ".*" for p in frozen)
+    return load_with_rules(model, state, ((r"(.*)", r"\1"),), absent, strict=strict, source=source)

@@ -10,7 +10,7 @@ and ``opt_proj`` + ``opt_model.*`` or ``t5_proj`` + ``t5_model.*`` (stage 2).
 - LAVIS saves only trainable weights: the frozen ViT and LLM are usually absent and reported as
   expected-absent (they come from ``config.vision.weights`` / ``config.llm``); when present (the
   ViT of a fine-tune that trained it), they are loaded.
-- Into a :class:`~lightning_blip.models.blip2_llm.Blip2ForGeneration`, the stage-1-only keys a
+- Into a :class:`~lightning_blip.models.blip2.llm.Blip2ForGeneration`, the stage-1-only keys a
   checkpoint may hold (the Q-Former's text embeddings and text FFN, ``Qformer.cls``, the ITC/ITM
   heads, ``temp``) are ignored and listed as such, as LAVIS's OPT/T5 models drop those modules.
 - ``temp`` is 0-d in LAVIS and ``(1,)`` in ours.

@@ -24,7 +24,7 @@ Which checkpoint is which (:func:`checkpoint_kind`):
 - retrieval / ITM (``BLIP_Retrieval``, ``BLIP_ITM``, LAVIS ``BlipRetrieval``): no decoder.
 - captioning (``BLIP_Decoder``, LAVIS ``BlipCaption``): no encoder, no ITC/ITM heads, no ``temp``.
 - VQA (``BLIP_VQA``, LAVIS ``BlipVQA``): ``text_encoder`` and ``text_decoder`` are separate
-  networks -> :class:`~lightning_blip.models.blip_vqa.BlipVQA` (no ITC/ITM heads).
+  networks -> :class:`~lightning_blip.models.blip.vqa.BlipVQA` (no ITC/ITM heads).
 
 LAVIS uses salesforce/BLIP's names (its ``XBertEncoder``/``XBertLMHeadDecoder`` subclass BLIP's BERT
 classes and keep their attributes). Differences: LAVIS's retrieval model names the queue pointer
@@ -35,15 +35,10 @@ NLVR2 models (two cross-attentions per layer) are not a MED: their keys are repo
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 from torch import Tensor, nn
 
-from lightning_blip.models.blip import BlipConfig
-from lightning_blip.models.blip_vqa import BlipVQA
-from lightning_blip.models.vision import VisionConfig
 from lightning_blip.weights.keymap import LoadReport, Rule, load_with_rules
 from lightning_blip.weights.transformers_blip import BERT_TEXT_RULES, EXPECTED_ABSENT, read_source
 from lightning_blip.weights.transformers_blip_vqa import is_vqa_checkpoint, vqa_rules
@@ -65,12 +60,6 @@ IGNORED: tuple[str, ...] = (
 )
 """Source keys that hold no weights of ours: momentum encoders, feature queues, index buffers."""
 
-VIT_PRESETS: dict[str, dict] = {
-    "base": {"model_name": "vit_base_patch16_224"},  # ViT-B/16: 768 wide, 12 blocks, 12 heads
-    "large": {"model_name": "vit_large_patch16_224"},  # ViT-L/16: 1024 wide, 24 blocks, 16 heads
-}
-"""BLIP's two ViTs (``create_vit('base'|'large')``); the text side is BERT-base in both."""
-
 
 def checkpoint_kind(state: dict[str, Tensor]) -> str:
     """``"pretrain"``, ``"retrieval"``, ``"captioning"``, ``"vqa"`` or ``"vision"`` from the keys."""
@@ -81,34 +70,13 @@ def checkpoint_kind(state: dict[str, Tensor]) -> str:
     return "captioning" if any(k.startswith("text_decoder.") for k in state) else "vision"
 
 
-def blip_config(preset: str, state: dict[str, Tensor], image_size: int | None = None) -> BlipConfig:
-    """Our config for a salesforce/LAVIS checkpoint: ``preset`` is ``"base"``, ``"large"`` or the path
-    of a ``config.json`` of ours (``BlipConfig`` as a dict).
-
-    ``image_size`` None: a preset takes the checkpoint's own (from its ``pos_embed`` grid, 16-px
-    patches), a config file its own; given, the position embeddings are resampled to it.
-    """
-    if preset in VIT_PRESETS:
-        config = BlipConfig(vision=VisionConfig(**VIT_PRESETS[preset]))
-        if image_size is None:
-            grid = math.isqrt(state["visual_encoder.pos_embed"].shape[1] - 1)
-            image_size = grid * 16
-    elif Path(preset).is_file():
-        config = BlipConfig.from_dict(json.loads(Path(preset).read_text()))
-    else:
-        raise ValueError(f"config must be one of {sorted(VIT_PRESETS)} or a config.json file, got {preset!r}")
-    if image_size is not None:
-        config.vision.image_size = image_size
-    return config
-
-
 def load_salesforce_blip(
     model: nn.Module, source: str | Path | dict[str, Tensor], strict: bool = True
 ) -> LoadReport:
     """Load a salesforce/BLIP or LAVIS BLIP checkpoint into our ``BlipModel`` or ``BlipVQA`` (in place).
 
     Args:
-        model: a :class:`~lightning_blip.models.blip.BlipModel` for a pretraining, retrieval or
+        model: a :class:`~lightning_blip.models.blip.model.BlipModel` for a pretraining, retrieval or
             captioning checkpoint, a :class:`BlipVQA` for a VQA one.
         source: a ``.pth`` file (``{"model": state_dict}`` is unwrapped; loaded with
             ``weights_only=True``), a safetensors file or a state dict.
@@ -122,7 +90,7 @@ def load_salesforce_blip(
     if "temp" in state and state["temp"].dim() == 0:
         state = {**state, "temp": state["temp"].reshape(1)}
     kind = checkpoint_kind(state)
-    if isinstance(model, BlipVQA) != (kind == "vqa"):
+    if hasattr(model, "answer_decoder") != (kind == "vqa"):  # a BlipVQA (no model class imported here)
         wanted = "BlipVQA" if kind == "vqa" else "BlipModel"
         raise ValueError(
             f"{name}: a BLIP {kind} checkpoint loads into a {wanted}, not a {type(model).__name__}"

@@ -1,5 +1,5 @@
 """transformers' BLIP (``BlipForConditionalGeneration``, ``BlipForImageTextRetrieval``,
-``BlipVisionModel``) -> our :class:`~lightning_blip.models.blip.BlipModel`.
+``BlipVisionModel``) -> our :class:`~lightning_blip.models.blip.model.BlipModel`.
 
 Which checkpoint gives which part. Our ``BlipModel`` is BLIP's MED: one text transformer whose
 encoder modes and decoder mode share everything but the self-attention. transformers splits BLIP by
@@ -18,7 +18,7 @@ checkpoints of a size were fine-tuned apart, so their ViTs and shared text weigh
 one after the other into one model keeps the second's shared weights, which matches neither task's
 fine-tune; a checkpoint with both a ``text_encoder`` and a ``text_decoder``
 (``BlipForQuestionAnswering``, separate networks) is refused here: it is a
-:class:`~lightning_blip.models.blip_vqa.BlipVQA`
+:class:`~lightning_blip.models.blip.vqa.BlipVQA`
 (:func:`~lightning_blip.weights.transformers_blip_vqa.load_transformers_blip_vqa`). ``temp`` is in
 neither: it keeps its value.
 
@@ -29,7 +29,7 @@ and equal transformers' when transformers is given ids that start with [ENC]. Th
 uses [CLS] on both sides; the decoder replaces the first token by [DEC] (30522) on both sides in
 ``generate``, while transformers' captioning ``forward`` uses the ids as given (pass [DEC] first).
 transformers' ``generate`` drops the last prompt id (the processor's [SEP]); our
-:func:`~lightning_blip.models.generation.generate_ids` takes the prompt without it. Greedy and beam
+:func:`~lightning_blip.models.shared.generation.generate_ids` takes the prompt without it. Greedy and beam
 search then give the same ids (min/max length count the prompt on both sides), except that beam
 search with a length penalty other than 0 can rank hypotheses differently: transformers 5 counts
 only the generated tokens ([SEP] included), BLIP's transformers 4.15 (and ours) the tokens before
@@ -48,8 +48,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from lightning_blip.models.checkpoint_io import load_state_dict_file
-from lightning_blip.models.vision import VisionConfig
+from lightning_blip.weights.checkpoint_io import load_state_dict_file
 from lightning_blip.weights.keymap import LoadReport, Rule, load_with_rules
 
 _VIT = r"vision_model\.embeddings\."
@@ -144,26 +143,6 @@ def checkpoint_kind(state: dict[str, Tensor]) -> str:
     return "retrieval" if encoder else "captioning" if decoder else "vision"
 
 
-def vision_config_from_transformers(v, model_name: str, **kw) -> VisionConfig:
-    """Our :class:`VisionConfig` of a transformers BLIP / BLIP-2 vision config ``v``: timm's
-    ``model_name`` architecture with ``v``'s sizes and LayerNorm epsilon (``kw``: more ``VisionConfig``
-    fields)."""
-    timm_kwargs = {
-        "embed_dim": v.hidden_size,
-        "depth": v.num_hidden_layers,
-        "num_heads": v.num_attention_heads,
-        "patch_size": v.patch_size,
-        "mlp_ratio": v.intermediate_size / v.hidden_size,
-    }
-    return VisionConfig(
-        model_name=model_name,
-        image_size=v.image_size,
-        layer_norm_eps=v.layer_norm_eps,
-        timm_kwargs=timm_kwargs,
-        **kw,
-    )
-
-
 def bert_fields_from_transformers(t) -> dict:
     """The BERT-shaped fields that our ``MEDConfig`` and ``QFormerConfig`` share, from a transformers
     BLIP text or BLIP-2 Q-Former config ``t``."""
@@ -237,7 +216,7 @@ def load_transformers_blip(
     """Load a transformers BLIP checkpoint into our ``BlipModel`` (in place).
 
     Args:
-        model: a :class:`~lightning_blip.models.blip.BlipModel` whose config matches the checkpoint's.
+        model: a :class:`~lightning_blip.models.blip.model.BlipModel` whose config matches the checkpoint's.
         source: a ``save_pretrained`` directory, a weights file, or a state dict.
         strict: raise ``KeyError`` on missing keys (beyond those the kind of checkpoint lacks, see
             :data:`EXPECTED_ABSENT`) and on unexpected keys.

@@ -1,9 +1,9 @@
 """transformers' BLIP-2 (``Blip2ForConditionalGeneration``, ``Blip2ForImageTextRetrieval``) -> ours.
 
 - ``Blip2ForConditionalGeneration`` (OPT, T5 or any other LM as ``language_model``) ->
-  :class:`~lightning_blip.models.blip2_llm.Blip2ForGeneration`: the ViT, ``ln_vision``, the queries
+  :class:`~lightning_blip.models.blip2.llm.Blip2ForGeneration`: the ViT, ``ln_vision``, the queries
   and the Q-Former's query path, ``llm_proj`` (transformers' ``language_projection``) and the LLM.
-- ``Blip2ForImageTextRetrieval`` -> :class:`~lightning_blip.models.blip2.Blip2Model`: the ViT,
+- ``Blip2ForImageTextRetrieval`` -> :class:`~lightning_blip.models.blip2.model.Blip2Model`: the ViT,
   ``ln_vision``, the Q-Former with its text embeddings and text FFN, the ITC projections and the
   ITM head. Absent as expected: the ITG LM head (``lm_head``, but for its decoder weight, which is
   the word embedding matrix) and ``temp``.
@@ -52,16 +52,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import Blip2Config as HFBlip2Config
 
-from lightning_blip.models.blip2 import Blip2Config, Blip2Model
-from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
-from lightning_blip.models.qformer import QFormerConfig
-from lightning_blip.weights.keymap import LoadReport, Rule, load_with_rules
-from lightning_blip.weights.pretrained import load_own_state
+from lightning_blip.weights.keymap import LoadReport, Rule, load_own_state, load_with_rules
 from lightning_blip.weights.transformers_blip import (
-    bert_fields_from_transformers,
     read_source,
-    read_transformers_state_dict,
-    vision_config_from_transformers,
 )
 
 _WB = r"(weight|bias)"
@@ -147,9 +140,10 @@ IGNORED: dict[str, tuple[str, ...]] = {
 
 def model_kind(model: nn.Module) -> str:
     """``"generation"`` (:class:`Blip2ForGeneration`) or ``"retrieval"`` (:class:`Blip2Model`)."""
-    if isinstance(model, Blip2ForGeneration):
+    # told by the modules each holds: this package imports no model class
+    if hasattr(model, "llm") and hasattr(model, "llm_proj"):
         return "generation"
-    if isinstance(model, Blip2Model):
+    if hasattr(model, "qformer") and hasattr(model, "itm_head"):
         return "retrieval"
     raise TypeError(f"expected a Blip2ForGeneration or a Blip2Model, got {type(model).__name__}")
 
@@ -229,51 +223,6 @@ def checkpoint_kind(hf_config: HFBlip2Config) -> str:
     )
 
 
-def blip2_config_from_transformers(
-    directory: str | Path, llm: str | Path | None = None
-) -> tuple[Blip2Config | Blip2LLMConfig, list[str]]:
-    """Our config for a transformers BLIP-2 ``config.json``, and notes on what differs.
-
-    A ``Blip2ForConditionalGeneration`` gives a :class:`Blip2LLMConfig` whose ``llm`` is ``llm`` (a
-    directory holding the language model, see :func:`write_llm_directory`); a
-    ``Blip2ForImageTextRetrieval`` gives a :class:`Blip2Config`. The ViT is timm's ``Eva`` (BLIP-2's
-    EVA ViT-g layout) with the config's sizes and LayerNorm epsilon, every block kept and no final norm.
-    """
-    hf = read_transformers_blip2_config(directory)
-    kind = checkpoint_kind(hf)
-    v, q = hf.vision_config, hf.qformer_config
-    vision = vision_config_from_transformers(v, "eva_giant_patch14_224", final_norm=False)  # sizes from v
-    qformer = QFormerConfig(
-        **bert_fields_from_transformers(q),
-        encoder_width=v.hidden_size,
-        cross_attention_freq=q.cross_attention_frequency,
-        num_query_tokens=hf.num_query_tokens,
-        text=kind == "retrieval",
-        initializer_range=q.initializer_range,
-    )
-    notes = []
-    if v.layer_norm_eps != 1e-5:
-        notes.append(f"ln_vision eps {v.layer_norm_eps} as transformers' post_layernorm; LAVIS uses 1e-5")
-    if v.hidden_act != "gelu" or q.hidden_act != "gelu":
-        notes.append(f"activations {v.hidden_act!r}/{q.hidden_act!r}: ours use exact GELU")
-    if kind == "retrieval":
-        config = Blip2Config(
-            vision=vision,
-            qformer=qformer,
-            embed_dim=hf.image_text_hidden_size,
-            pad_token_id=q.pad_token_id,
-            ln_vision_eps=v.layer_norm_eps,
-        )
-        return config, notes
-    if llm is None:
-        raise ValueError("a Blip2ForConditionalGeneration config needs llm=<the language model's directory>")
-    llm_kind = "seq2seq" if hf.text_config.is_encoder_decoder else "causal"
-    config = Blip2LLMConfig(
-        vision=vision, qformer=qformer, llm=str(llm), llm_kind=llm_kind, ln_vision_eps=v.layer_norm_eps
-    )
-    return config, notes
-
-
 def write_llm_directory(source: str | Path, state: dict[str, Tensor], output: str | Path) -> Path:
     """Write the ``language_model.*`` weights of a ``Blip2ForConditionalGeneration`` as a plain LLM.
 
@@ -293,38 +242,6 @@ def write_llm_directory(source: str | Path, state: dict[str, Tensor], output: st
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"{source} holds no tokenizer for its language model: {err}") from err
     tokenizer.save_pretrained(output)
-    return output
-
-
-def convert_transformers_blip2(source_dir: str | Path, output_dir: str | Path, strict: bool = True) -> Path:
-    """Write our BLIP-2 model for a transformers ``save_pretrained`` directory; returns ``output_dir``.
-
-    ``output_dir`` gets ``config.json`` (our config as a dict), ``model.safetensors`` (every weight of
-    ours but the LLM's), ``conversion.json`` (``kind``, notes, the load report and, for a
-    ``Blip2ForConditionalGeneration``, its ``image_token_index``, which the export reuses) and, for
-    a ``Blip2ForConditionalGeneration``, ``llm/`` (the language model and its tokenizer). Read it
-    back with :func:`load_converted_blip2`.
-    """
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    hf_config = read_transformers_blip2_config(source_dir)
-    kind = checkpoint_kind(hf_config)
-    state = read_transformers_state_dict(source_dir)
-    llm = write_llm_directory(source_dir, state, output / "llm").resolve() if kind == "generation" else None
-    config, notes = blip2_config_from_transformers(source_dir, llm)
-    model = Blip2ForGeneration(config) if kind == "generation" else Blip2Model(config)
-    report = load_transformers_blip2(model, state, strict=strict)
-    save_our_blip2(model, output)
-    summary = {
-        "source": str(source_dir),
-        "model": type(model).__name__,
-        "kind": kind,
-        "notes": notes,
-        **asdict(report),
-    }
-    if kind == "generation":
-        summary["image_token_index"] = hf_config.image_token_index
-    (output / "conversion.json").write_text(json.dumps(summary, indent=2))
     return output
 
 
@@ -360,20 +277,3 @@ def load_our_blip2(
     """
     state, name = read_source(source)
     return load_own_state(model, state, ("llm.",), strict, name)
-
-
-def load_converted_blip2(directory: str | Path, strict: bool = True) -> Blip2Model | Blip2ForGeneration:
-    """Our model from a :func:`convert_transformers_blip2` directory (``llm/`` beside it, if any), in eval mode.
-
-    ``strict``: see :func:`load_our_blip2`.
-    """
-    directory = Path(directory)
-    values = json.loads((directory / "config.json").read_text())
-    if "llm" in values:
-        if (directory / "llm").is_dir():  # the directory may have moved since it was written
-            values["llm"] = str(directory / "llm")
-        model: nn.Module = Blip2ForGeneration(Blip2LLMConfig.from_dict(values))
-    else:
-        model = Blip2Model(Blip2Config.from_dict(values))
-    load_our_blip2(model, directory / "model.safetensors", strict)
-    return model.eval()

@@ -1,4 +1,4 @@
-"""transformers' ``BlipForQuestionAnswering`` -> our :class:`~lightning_blip.models.blip_vqa.BlipVQA`.
+"""transformers' ``BlipForQuestionAnswering`` -> our :class:`~lightning_blip.models.blip.vqa.BlipVQA`.
 
 BLIP's VQA model holds two text transformers that no longer share weights: the question encoder
 (``text_encoder.*``, BERT names, cross-attention to the ViT) and the answer decoder
@@ -80,7 +80,7 @@ def load_transformers_blip_vqa(
     """Load a transformers ``BlipForQuestionAnswering`` checkpoint into our ``BlipVQA`` (in place).
 
     Args:
-        model: a :class:`~lightning_blip.models.blip_vqa.BlipVQA` whose config matches the checkpoint's
+        model: a :class:`~lightning_blip.models.blip.vqa.BlipVQA` whose config matches the checkpoint's
             (transformers' answer decoder reads the question states with the ViT's width, ours with
             the text width: they must be equal, as in BLIP, or a shape error names the key).
         source: a ``save_pretrained`` directory, a weights file, or a state dict.

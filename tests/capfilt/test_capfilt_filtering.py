@@ -21,7 +21,7 @@ from lightning_blip.capfilt.filtering import (
 from lightning_blip.capfilt.plan import Source, make_plan
 from lightning_blip.capfilt.writer import judged_chunk
 from lightning_blip.models.blip import BlipModel
-from lightning_blip.models.tokenizer import default_tokenizer
+from lightning_blip.models.shared.tokenizer import default_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

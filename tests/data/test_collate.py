@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lightning_blip.data.collate import ImageTextCollator
-from lightning_blip.models.tokenizer import build_tokenizer
+from lightning_blip.models.shared.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module")

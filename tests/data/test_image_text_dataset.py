@@ -11,7 +11,7 @@ from lightning_blip.data.annotations import ImageTextRecord
 from lightning_blip.data.collate import ImageTextCollator
 from lightning_blip.data.dataset import ImageTextDataset
 from lightning_blip.data.transforms import MEAN, STD, eval_transform, train_transform
-from lightning_blip.models.tokenizer import build_tokenizer
+from lightning_blip.models.shared.tokenizer import build_tokenizer
 
 
 def _noise_image(mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> Image.Image:

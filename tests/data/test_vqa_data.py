@@ -21,7 +21,7 @@ from lightning_blip.data.vqa import (
     load_answer_list,
     load_vqa,
 )
-from lightning_blip.models.tokenizer import build_tokenizer
+from lightning_blip.models.shared.tokenizer import build_tokenizer
 
 
 def test_answer_weights_are_annotator_shares_and_vg_is_fixed():

@@ -11,17 +11,16 @@ from conftest import tiny_vision
 from safetensors.torch import save_file
 
 from lightning_blip.losses.lm import IGNORE_INDEX
-from lightning_blip.models import blip2_llm
-from lightning_blip.models.blip2 import Blip2Config, Blip2Model
-from lightning_blip.models.blip2_llm import (
-    VQA_PROMPT,
+from lightning_blip.models.blip2 import (
+    Blip2Config,
     Blip2ForGeneration,
     Blip2LLMConfig,
-    context_labels,
-    random_prefix_split,
+    Blip2Model,
+    QFormerConfig,
 )
-from lightning_blip.models.qformer import QFormerConfig
-from lightning_blip.models.small_llm import save_tiny_llm
+from lightning_blip.models.blip2 import llm as blip2_llm
+from lightning_blip.models.blip2.llm import VQA_PROMPT, context_labels, random_prefix_split
+from lightning_blip.models.blip2.small_llm import save_tiny_llm
 
 KINDS = ("opt", "gpt2", "llama", "t5")
 # different LLM widths so that llm_proj's output width is checked against the LLM, not the Q-Former (32)

@@ -10,8 +10,7 @@ from dist_utils import run_distributed
 
 from lightning_blip.losses.itc import max_query_similarity
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.models.blip2 import Blip2Model
-from lightning_blip.models.blip2_pretraining import Blip2ForPretraining
+from lightning_blip.models.blip2 import Blip2ForPretraining, Blip2Model
 
 
 def _batch(n: int = 4):

@@ -6,8 +6,8 @@ import torch
 from conftest import text_batch
 
 from lightning_blip.models.blip import BlipModel
-from lightning_blip.models.generation import greedy_decode
-from lightning_blip.models.tokenizer import build_tokenizer
+from lightning_blip.models.shared.generation import greedy_decode
+from lightning_blip.models.shared.tokenizer import build_tokenizer
 
 
 def test_features_are_normalised_and_lm_head_is_tied(blip_config):

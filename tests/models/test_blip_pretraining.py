@@ -9,7 +9,7 @@ from conftest import text_batch, tiny_blip
 from dist_utils import run_distributed
 
 from lightning_blip.losses.itm import NegativeSampler
-from lightning_blip.models.blip_pretraining import BlipForPretraining
+from lightning_blip.models.blip import BlipForPretraining
 
 
 def _batch(n: int = 4):

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_text, tiny_vision
 
-from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.blip_vqa import BlipVQA, QuestionStates, tokenize_answers, tokenize_questions
-from lightning_blip.models.tokenizer import build_tokenizer
+from lightning_blip.models.blip import BlipConfig, BlipModel, BlipVQA, QuestionStates
+from lightning_blip.models.blip.vqa import tokenize_answers, tokenize_questions
+from lightning_blip.models.shared.tokenizer import build_tokenizer
 
 QUESTIONS = ["what color is the shape?", "is there a small circle on the left of the picture?", "how many?"]
 ANSWERS = ["red", "blue", "yes", "no", "a big circle", "red circle", "green", "two"]
@@ -127,7 +127,7 @@ def test_cached_greedy_answers_equal_recomputing_everything(tokenizer):
 def test_attend_question_padding_decodes_with_an_all_ones_question_mask_as_lavis(tokenizer):
     """LAVIS's ``_generate_answers`` passes ``encoder_attention_mask=torch.ones(...)``: the answer
     decoder reads the padding of shorter questions. Written out: greedy, recomputed at every step."""
-    from lightning_blip.models.generation import decode_captions
+    from lightning_blip.models.shared.generation import decode_captions
 
     model = _model(std=0.5)
     pixels = torch.randn(3, 3, 32, 32)

@@ -11,8 +11,14 @@ import torch
 from conftest import tiny_text, tiny_vision
 
 from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.generation import _BeamSearch, _process, _TokenSearch, generate_ids, top_per_row
-from lightning_blip.models.tokenizer import build_tokenizer
+from lightning_blip.models.shared.generation import (
+    _BeamSearch,
+    _process,
+    _TokenSearch,
+    generate_ids,
+    top_per_row,
+)
+from lightning_blip.models.shared.tokenizer import build_tokenizer
 
 PAD, SEP, BOS = 0, 1, 2
 INF = float("inf")

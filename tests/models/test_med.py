@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import text_batch, tiny_text
 
-from lightning_blip.models.med import LayerCache, MEDTextModel
+from lightning_blip.layers.attention import LayerCache
+from lightning_blip.models.blip import MEDTextModel
 
 
 def _model(**kw) -> MEDTextModel:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
 
-from lightning_blip.models.generation import generate_llm_ids
-from lightning_blip.models.opt_decoding import OPTDecoding, runs_opt
+from lightning_blip.models.blip2.opt_decoding import OPTDecoding, runs_opt
+from lightning_blip.models.shared.generation import generate_llm_ids
 
 PAD, EOS = 1, 2
 VARIANTS = {

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import text_batch, tiny_qformer
 
-from lightning_blip.models.qformer import QFormer, multimodal_causal_mask
+from lightning_blip.models.blip2 import QFormer
+from lightning_blip.models.blip2.qformer import multimodal_causal_mask
 
 
 def _model(**kw) -> QFormer:

@@ -10,7 +10,7 @@ from dist_utils import run_distributed
 from lightning_blip.metrics.retrieval import retrieval_recall
 from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.blip2 import Blip2Model
-from lightning_blip.models.retrieval import NOT_RANKED, rerank, score_pairs
+from lightning_blip.models.shared.retrieval import NOT_RANKED, rerank, score_pairs
 
 TXT2IMG = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 5])  # 6 images, 13 captions
 

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_vision
 from safetensors.torch import save_file
 
-from lightning_blip.models.vision import VisionEncoder
+from lightning_blip.models.shared.vision import VisionEncoder
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import yaml
 from conftest import tiny_blip2, tiny_vision
 from safetensors.torch import save_file
 
-from lightning_blip.models.vision import VisionEncoder
+from lightning_blip.models.shared.vision import VisionEncoder
 from lightning_blip.tasks import QFormerStage1
 from lightning_blip.weights import registry
 

@@ -46,7 +46,7 @@ def _override(recipe: Path) -> str:
 @pytest.fixture(scope="module")
 def tiny_llms(tmp_path_factory) -> dict[str, Path]:
     """A tiny random OPT and T5 with their tokenizers, standing in for OPT-2.7B and FlanT5-XL."""
-    from lightning_blip.models.small_llm import save_tiny_llm
+    from lightning_blip.models.blip2.small_llm import save_tiny_llm
 
     root = tmp_path_factory.mktemp("llms")
     return {kind: save_tiny_llm(kind, root / kind) for kind in ("opt", "t5")}
@@ -119,7 +119,7 @@ def test_stage2_recipes_compute_what_lavis_computes():
     """BOS scored after the empty prompt, OPT stopped at the newline alone, FlanT5 with exact GELU."""
     import yaml
 
-    from lightning_blip.models.blip2_llm import Blip2LLMConfig
+    from lightning_blip.models.blip2 import Blip2LLMConfig
 
     built = {}
     for recipe in RECIPES:

@@ -15,8 +15,8 @@ from fake_data import write_fake_caption_eval, write_fake_dataset
 
 from lightning_blip.data import CaptionDataModule, ImageTextDataModule
 from lightning_blip.metrics import CIDErScore, COCOBLEUScore, COCOROUGELScore
-from lightning_blip.models.blip2_llm import Blip2LLMConfig
-from lightning_blip.models.small_llm import save_tiny_llm
+from lightning_blip.models.blip2 import Blip2LLMConfig
+from lightning_blip.models.blip2.small_llm import save_tiny_llm
 from lightning_blip.tasks import CaptionFinetune, MEDPretrain, QFormerStage2
 
 

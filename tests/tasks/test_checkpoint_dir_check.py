@@ -15,7 +15,7 @@ import torch.distributed.checkpoint as dcp
 from fake_data import write_fake_dataset
 from torch.distributed.checkpoint.api import CheckpointException
 
-from lightning_blip.checkpoints import check_distributed_checkpoint, read_distributed_state_dict
+from lightning_blip.weights.distributed import check_distributed_checkpoint, read_distributed_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from lightning_blip.checkpoints import consolidate, read_distributed_state_dict
+from lightning_blip.weights.distributed import consolidate, read_distributed_state_dict
 
 
 class Payload:

@@ -67,13 +67,17 @@ def test_vqa_reports_the_weights_left_at_init_by_shape(tmp_path, printed):
     loaded, expected, missing, unused = _counts(report)
     assert loaded + mismatched == n_model and (expected, missing) == (0, 0)
     # BLIP's ITC projections, temperature and ITM head have no place in the VQA model
-    heads = [k for k in source.state_dict() if k.startswith(("vision_proj.", "text_proj.", "itm_head.", "temp"))]
+    heads = [
+        k for k in source.state_dict() if k.startswith(("vision_proj.", "text_proj.", "itm_head.", "temp"))
+    ]
     assert unused >= len(heads) > 0
 
 
 def test_stage1_reports_the_frozen_vit_as_absent_as_expected(tmp_path, printed):
     source = Blip2Model(tiny_blip2())
-    state = {k: v for k, v in source.state_dict().items() if not k.startswith("image_encoder.visual_encoder.")}
+    state = {
+        k: v for k, v in source.state_dict().items() if not k.startswith("image_encoder.visual_encoder.")
+    }
     frozen = len(source.state_dict()) - len(state)
     _save(state, tmp_path / "stage1.safetensors")
     QFormerStage1(tiny_blip2(), init_weights=str(tmp_path / "stage1.safetensors"))

@@ -13,11 +13,11 @@ import torch
 from conftest import tiny_blip2
 from fake_data import write_fake_dataset
 
-from lightning_blip.checkpoints import consolidate
 from lightning_blip.data import ImageTextDataModule
-from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
-from lightning_blip.models.small_llm import save_tiny_llm
+from lightning_blip.models.blip2 import Blip2ForGeneration, Blip2LLMConfig
+from lightning_blip.models.blip2.small_llm import save_tiny_llm
 from lightning_blip.tasks import QFormerStage1, QFormerStage2
+from lightning_blip.weights.distributed import consolidate
 
 REPO = Path(__file__).resolve().parents[2]
 FROZEN = ("model.llm.", "model.image_encoder.visual_encoder.")

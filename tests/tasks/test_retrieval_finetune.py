@@ -14,8 +14,8 @@ from lightning_blip.callbacks import HardNegativeMining, MomentumEncoder
 from lightning_blip.data import RetrievalDataModule
 from lightning_blip.losses.itm import NegativeSampler
 from lightning_blip.metrics.retrieval import retrieval_recall
-from lightning_blip.models.blip_pretraining import BlipForPretraining
-from lightning_blip.models.retrieval import rerank
+from lightning_blip.models.blip import BlipForPretraining
+from lightning_blip.models.shared.retrieval import rerank
 from lightning_blip.tasks import QFormerRetrievalFinetune, RetrievalFinetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny passes: one thread is faster on 2 cores

@@ -18,8 +18,8 @@ from conftest import tiny_blip, tiny_blip2
 from fake_data import write_fake_dataset
 
 from lightning_blip.data import ImageTextDataModule
-from lightning_blip.models.blip2_llm import Blip2LLMConfig
-from lightning_blip.models.small_llm import save_tiny_llm
+from lightning_blip.models.blip2 import Blip2LLMConfig
+from lightning_blip.models.blip2.small_llm import save_tiny_llm
 from lightning_blip.tasks import CaptionFinetune, MEDPretrain, QFormerStage1, QFormerStage2
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,25 +16,20 @@ import torch
 import torch.nn.functional as F
 from conftest import text_batch
 
-from lightning_blip.models import blip2_llm
-from lightning_blip.models.blip2 import Blip2Config, Blip2Model
-from lightning_blip.models.blip2_llm import Blip2ForGeneration
-from lightning_blip.models.small_llm import (
+from lightning_blip.convert.export_blip2 import export_blip2_to_transformers, export_transformers_blip2
+from lightning_blip.convert.ours_blip2 import convert_transformers_blip2, load_converted_blip2
+from lightning_blip.models.blip2 import Blip2Config, Blip2ForGeneration, Blip2Model
+from lightning_blip.models.blip2 import llm as blip2_llm
+from lightning_blip.models.blip2.pretrained import blip2_config_from_transformers
+from lightning_blip.models.blip2.small_llm import (
     DEFAULT_TEXTS,
     tiny_llm_config,
     tokenizer_for,
     train_word_tokenizer,
 )
-from lightning_blip.models.vision import VisionConfig
-from lightning_blip.weights.export_blip2 import export_blip2_to_transformers, export_transformers_blip2
+from lightning_blip.models.shared.vision import VisionConfig
 from lightning_blip.weights.lavis_blip2 import load_lavis_blip2
-from lightning_blip.weights.transformers_blip2 import (
-    blip2_config_from_transformers,
-    convert_transformers_blip2,
-    load_converted_blip2,
-    load_transformers_blip2,
-    match_qkv_bias,
-)
+from lightning_blip.weights.transformers_blip2 import load_transformers_blip2, match_qkv_bias
 
 transformers = pytest.importorskip("transformers")
 
@@ -607,7 +602,7 @@ def test_from_pretrained_reads_each_tensor_of_a_transformers_directory_once(pair
     """The LLM takes ``language_model.*`` when it is built; the rest is read without them."""
     from safetensors import safe_open
 
-    from lightning_blip.models import checkpoint_io
+    from lightning_blip.weights import checkpoint_io
 
     _, source, _, _ = pairs[kind]
     with safe_open(str(source / "model.safetensors"), "pt") as f:
@@ -660,7 +655,7 @@ def _gated_ffn_by_hand(ffn: torch.nn.Module, x: torch.Tensor, approximate: str) 
 def test_a_lavis_t5_file_runs_exact_gelu_and_a_transformers_directory_keeps_gelu_new(pairs, tmp_path):
     """LAVIS's ``blip2_t5.py`` sets ``dense_act_fn="gelu"`` on FlanT5's config (``gated-gelu`` ->
     ``gelu_new`` in transformers): a LAVIS file computes with it, a transformers directory as shipped."""
-    from lightning_blip.weights import convert
+    from lightning_blip.convert import command as convert
 
     hf, source, converted, _ = pairs["t5"]
     state = {k: v for k, v in lavis_state(hf, "t5").items() if not k.startswith("t5_model.")}
@@ -689,7 +684,7 @@ def test_a_lavis_t5_file_runs_exact_gelu_and_a_transformers_directory_keeps_gelu
 
 
 def test_convert_command_for_blip2_both_ways(pairs, tmp_path):
-    from lightning_blip.weights import convert
+    from lightning_blip.convert import command as convert
 
     hf, source, converted, _ = pairs["t5"]
     convert.main(
@@ -714,7 +709,7 @@ def test_convert_command_for_blip2_both_ways(pairs, tmp_path):
 
 
 def test_convert_command_for_a_lavis_file_and_a_lightning_export(pairs, tmp_path):
-    from lightning_blip.weights import convert
+    from lightning_blip.convert import command as convert
 
     hf, _, converted, _ = pairs["opt"]
     state = {k: v for k, v in lavis_state(hf, "opt").items() if not k.startswith("opt_model.")}

@@ -13,10 +13,10 @@ import torch
 from conftest import convert_ours_to_transformers, text_batch, tiny_blip, tiny_vision
 from test_blip_transformers_parity import assert_same_lm_logits, images, randomise, until_sep
 
+from lightning_blip.convert import command as convert
+from lightning_blip.convert.export_blip import export_transformers_blip
 from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.generation import generate_ids
-from lightning_blip.weights import convert
-from lightning_blip.weights.export_blip import export_transformers_blip
+from lightning_blip.models.shared.generation import generate_ids
 
 transformers = pytest.importorskip("transformers")
 

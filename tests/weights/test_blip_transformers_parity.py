@@ -15,7 +15,7 @@ from conftest import text_batch, tiny_text, tiny_vision
 
 from lightning_blip.cli import main as cli_main
 from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.generation import generate_ids
+from lightning_blip.models.shared.generation import generate_ids
 from lightning_blip.weights.transformers_blip import load_transformers_blip
 
 transformers = pytest.importorskip("transformers")
@@ -82,7 +82,7 @@ def retrieval_pair(tmp_path_factory):
 @pytest.fixture(scope="module")
 def caption_pair(tmp_path_factory):
     """transformers' default vision eps (1e-5): our config takes it from config.json."""
-    from lightning_blip.weights.convert import blip_config_from_transformers
+    from lightning_blip.models.blip.pretrained import blip_config_from_transformers
 
     torch.manual_seed(2)
     hf = randomise(transformers.BlipForConditionalGeneration(hf_config(vision_eps=None)))
@@ -171,7 +171,7 @@ def test_image_embeddings_match_with_transformers_default_vision_eps(caption_pai
 
 
 def test_export_keeps_the_vision_eps_of_the_source(caption_pair, tmp_path):
-    from lightning_blip.weights.export_blip import export_transformers_blip
+    from lightning_blip.convert.export_blip import export_transformers_blip
 
     hf, ours, *_ = caption_pair
     export_transformers_blip(ours, tmp_path, "captioning")
@@ -263,7 +263,7 @@ def test_convert_command_writes_a_model_that_matches(retrieval_pair, caption_pai
 
 
 def test_config_from_transformers_keeps_the_vision_eps(tmp_path):
-    from lightning_blip.weights.convert import blip_config_from_transformers
+    from lightning_blip.models.blip.pretrained import blip_config_from_transformers
 
     hf_config(vision_eps=None).save_pretrained(tmp_path)  # transformers' default 1e-5, not BLIP's
     config, notes = blip_config_from_transformers(tmp_path)

@@ -14,11 +14,10 @@ import torch
 from conftest import text_batch, tiny_text, tiny_vision
 from test_blip_transformers_parity import images, randomise, until_sep
 
-from lightning_blip.models.blip import BlipConfig
-from lightning_blip.models.blip_vqa import BlipVQA, QuestionStates
-from lightning_blip.models.generation import generate_ids
-from lightning_blip.weights import convert
-from lightning_blip.weights.export_blip import export_transformers_blip
+from lightning_blip.convert import command as convert
+from lightning_blip.convert.export_blip import export_transformers_blip
+from lightning_blip.models.blip import BlipConfig, BlipVQA, QuestionStates
+from lightning_blip.models.shared.generation import generate_ids
 from lightning_blip.weights.transformers_blip_vqa import load_transformers_blip_vqa
 
 transformers = pytest.importorskip("transformers")

@@ -137,8 +137,8 @@ def test_a_registered_hub_checkpoint_loads_by_name(tmp_path, monkeypatch):
     class the entry does not name is refused."""
     from conftest import tiny_blip
 
+    from lightning_blip.convert.export_blip import export_transformers_blip
     from lightning_blip.models import BlipVQA
-    from lightning_blip.weights.export_blip import export_transformers_blip
 
     ours = BlipModel(tiny_blip()).eval()
     hub_id = "Salesforce/tiny-itm"

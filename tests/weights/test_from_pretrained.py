@@ -12,11 +12,10 @@ from fake_data import write_fake_dataset
 from safetensors.torch import save_file
 
 from lightning_blip.data import ImageTextDataModule
-from lightning_blip.models.blip import BlipModel
+from lightning_blip.models.blip import BlipModel, BlipVQA
 from lightning_blip.models.blip2 import Blip2Model
-from lightning_blip.models.blip_vqa import BlipVQA
+from lightning_blip.models.shared.pretrained import detect_format
 from lightning_blip.tasks import MEDPretrain, QFormerStage1
-from lightning_blip.weights.pretrained import detect_format
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,7 +104,7 @@ def test_an_unknown_directory_names_what_it_lacks(tmp_path):
 
 def test_a_lightning_checkpoint_exports_to_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from lightning_blip.weights import convert
+    from lightning_blip.convert import command as convert
 
     task = _fit_one_step(MEDPretrain(tiny_blip(), queue_size=8), tmp_path)
     out = tmp_path / "hf"

@@ -13,10 +13,10 @@ from safetensors import safe_open
 from test_blip_vqa_transformers import our_vqa
 from test_transformers_processor import blip2  # noqa: F401 (a fixture: tiny OPT BLIP-2, exported)
 
+from lightning_blip.convert.export_blip import export_transformers_blip
+from lightning_blip.convert.export_blip2 import export_blip2_to_transformers
 from lightning_blip.models.blip import BlipModel
 from lightning_blip.models.blip2 import Blip2Model
-from lightning_blip.weights.export_blip import export_transformers_blip
-from lightning_blip.weights.export_blip2 import export_blip2_to_transformers
 from lightning_blip.weights.model_card import PLACEHOLDER, left_out_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,11 +17,11 @@ from conftest import text_batch, tiny_blip, tiny_text, tiny_vision
 from test_blip_transformers_parity import assert_same_lm_logits, hf_config, images, randomise, until_sep
 from test_blip_vqa_transformers import hf_vqa_config, our_vqa, questions
 
-from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.blip_vqa import BlipVQA, QuestionStates
-from lightning_blip.models.generation import generate_ids
-from lightning_blip.weights import convert
-from lightning_blip.weights.salesforce_blip import blip_config, load_salesforce_blip
+from lightning_blip.convert import command as convert
+from lightning_blip.models.blip import BlipConfig, BlipModel, BlipVQA, QuestionStates
+from lightning_blip.models.blip.pretrained import blip_config
+from lightning_blip.models.shared.generation import generate_ids
+from lightning_blip.weights.salesforce_blip import load_salesforce_blip
 
 transformers = pytest.importorskip("transformers")
 

@@ -18,12 +18,12 @@ from test_blip2_weights_parity import randomise as randomise_blip2
 from test_blip_transformers_parity import randomise
 from test_blip_vqa_transformers import hf_vqa_config, our_vqa
 
+from lightning_blip.convert.export_blip import export_transformers_blip
+from lightning_blip.convert.export_blip2 import export_blip2_to_transformers
+from lightning_blip.convert.ours_blip2 import convert_transformers_blip2, load_converted_blip2
 from lightning_blip.data.transforms import eval_transform
 from lightning_blip.models.blip import BlipModel
-from lightning_blip.models.small_llm import DEFAULT_TEXTS, tokenizer_for, train_word_tokenizer
-from lightning_blip.weights.export_blip import export_transformers_blip
-from lightning_blip.weights.export_blip2 import export_blip2_to_transformers
-from lightning_blip.weights.transformers_blip2 import convert_transformers_blip2, load_converted_blip2
+from lightning_blip.models.blip2.small_llm import DEFAULT_TEXTS, tokenizer_for, train_word_tokenizer
 from lightning_blip.weights.transformers_blip_vqa import load_transformers_blip_vqa
 
 transformers = pytest.importorskip("transformers")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_blip.models.checkpoint_io import load_state_dict_file
+from lightning_blip.weights.checkpoint_io import load_state_dict_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ transformers' ``generate`` spends most of a small model's decoding step outside 
 (mask building, cache objects, logits processors, output classes). :class:`OPTDecoding` runs the
 same layers, in the same order of operations (queries scaled before the product, pre- or
 post-LayerNorm as the config says), straight on the model's parameters: nothing is copied, and
-BLIP-2's generation loop (:func:`lightning_blip.models.generation.generate_llm_ids`) drives it.
+BLIP-2's generation loop (:func:`lightning_blip.models.shared.generation.generate_llm_ids`) drives it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_blip.layers.attention import KeyValue
-from lightning_blip.models.generation import rows_unchanged
+from lightning_blip.models.shared.generation import rows_unchanged
 
 _PLAIN = (nn.Linear, nn.LayerNorm, nn.Embedding)
 
@@ -85,7 +85,7 @@ class OPTDecoding:
     """Next-token logits of an OPT LLM for a prefix of input embeddings, then one token per step.
 
     Rows come in equal groups, one per image (``R = G * k``, the beams of an image), as
-    :func:`~lightning_blip.models.generation.generate_llm_ids` keeps them. The first :meth:`step`
+    :func:`~lightning_blip.models.shared.generation.generate_llm_ids` keeps them. The first :meth:`step`
     reads the whole prefix (one row per image); later steps read the last token of each row.
     :meth:`keep` re-indexes the cache to the rows that continue. The cache is allocated once, for
     the prefix and ``max_new_tokens``, and filled in place.

@@ -6,10 +6,10 @@ with ``BlipVQA.load_pretrained``), ``config.json`` (our :class:`BlipConfig`, ``B
 and ``conversion.json`` (the load report: which of our weights came from SRC, which the checkpoint's
 kind lacks and were left at their initialisation, which source keys were tied copies or ignored).
 ``--model blip2`` writes our BLIP-2 model the same way, its LLM in ``llm/``
-(:func:`~lightning_blip.weights.transformers_blip2.convert_transformers_blip2`). ``--to transformers``
+(:func:`~lightning_blip.convert.ours_blip2.convert_transformers_blip2`). ``--to transformers``
 writes a ``save_pretrained`` directory with the processor files of our preprocessing
-(:mod:`lightning_blip.weights.export_blip`, :mod:`lightning_blip.weights.export_blip2`,
-:mod:`lightning_blip.weights.export_processor`). Every model reads any of these with
+(:mod:`lightning_blip.convert.export_blip`, :mod:`lightning_blip.convert.export_blip2`,
+:mod:`lightning_blip.convert.processor`). Every model reads any of these with
 ``Model.from_pretrained(path)``. Which (model, from, to) triples exist is :data:`CONVERTERS`.
 """
 
@@ -25,59 +25,19 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import nn
 
-from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.blip2 import Blip2Config, Blip2Model
-from lightning_blip.models.blip2_llm import Blip2ForGeneration, Blip2LLMConfig
-from lightning_blip.models.blip_vqa import BlipVQA
-from lightning_blip.models.checkpoint_io import load_state_dict_file
-from lightning_blip.models.med import MEDConfig
-from lightning_blip.weights.export_blip import TRANSFORMERS_CLASSES, export_ours_dir
-from lightning_blip.weights.export_blip2 import export_transformers_blip2
+from lightning_blip.convert.export_blip import TRANSFORMERS_CLASSES, export_ours_dir
+from lightning_blip.convert.export_blip2 import export_transformers_blip2
+from lightning_blip.convert.ours_blip2 import convert_transformers_blip2
+from lightning_blip.models.blip import BlipConfig, BlipModel, BlipVQA
+from lightning_blip.models.blip.pretrained import VIT_PRESETS, blip_config, blip_config_from_transformers
+from lightning_blip.models.blip2 import Blip2Config, Blip2ForGeneration, Blip2LLMConfig, Blip2Model
+from lightning_blip.weights.checkpoint_io import load_state_dict_file
 from lightning_blip.weights.keymap import LoadReport
 from lightning_blip.weights.lavis_blip2 import lavis_blip2_model
-from lightning_blip.weights.salesforce_blip import (
-    VIT_PRESETS,
-    blip_config,
-    checkpoint_kind,
-    load_salesforce_blip,
-)
-from lightning_blip.weights.transformers_blip import (
-    bert_fields_from_transformers,
-    load_transformers_blip,
-    read_source,
-    vision_config_from_transformers,
-)
-from lightning_blip.weights.transformers_blip2 import (
-    convert_transformers_blip2,
-    recorded_image_token_index,
-    save_our_blip2,
-)
+from lightning_blip.weights.salesforce_blip import checkpoint_kind, load_salesforce_blip
+from lightning_blip.weights.transformers_blip import load_transformers_blip, read_source
+from lightning_blip.weights.transformers_blip2 import recorded_image_token_index, save_our_blip2
 from lightning_blip.weights.transformers_blip_vqa import is_vqa_checkpoint, load_transformers_blip_vqa
-
-
-def blip_config_from_transformers(directory: str | Path) -> tuple[BlipConfig, list[str]]:
-    """Our :class:`BlipConfig` for a transformers BLIP ``config.json``, and notes on what differs.
-
-    Read with transformers' ``BlipConfig`` so that defaults left out of the file are filled in.
-    """
-    from transformers import BlipConfig as HFBlipConfig
-
-    hf = HFBlipConfig.from_pretrained(str(directory), local_files_only=True)
-    v, t = hf.vision_config, hf.text_config
-    vision = vision_config_from_transformers(v, "vit_base_patch16_224")  # sizes from v
-    text = MEDConfig(**bert_fields_from_transformers(t))
-    config = BlipConfig(
-        vision=vision,
-        text=text,
-        embed_dim=hf.image_text_hidden_size,
-        bos_token_id=t.bos_token_id,
-        sep_token_id=t.sep_token_id,
-        pad_token_id=t.pad_token_id,
-    )
-    notes = []
-    if v.hidden_act != "gelu" or t.hidden_act != "gelu":
-        notes.append(f"activations {v.hidden_act!r}/{t.hidden_act!r}: ours use exact GELU")
-    return config, notes
 
 
 def write_ours(
@@ -121,7 +81,7 @@ def convert_salesforce_blip(
     source: str | Path, output: str | Path, config: str, image_size: int | None = None, strict: bool = True
 ) -> Path:
     """Write ours for a salesforce/BLIP or LAVIS BLIP ``.pth``: a ``BlipVQA`` for a VQA checkpoint,
-    else a ``BlipModel``. ``config``/``image_size``: see :func:`~lightning_blip.weights.salesforce_blip.blip_config`."""
+    else a ``BlipModel``. ``config``/``image_size``: see :func:`~lightning_blip.models.blip.pretrained.blip_config`."""
     state = load_state_dict_file(source)
     blip = blip_config(config, state, image_size)
     model = BlipVQA(blip) if checkpoint_kind(state) == "vqa" else BlipModel(blip)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -33,16 +33,16 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.activations import ACT2FN
 
 from lightning_blip.losses.lm import IGNORE_INDEX
-from lightning_blip.models.blip2 import DTYPES, FrozenAwareImageEncoder, eva_vit_g
-from lightning_blip.models.checkpoint_io import load_state_dict_file
-from lightning_blip.models.generation import generate_llm_ids, one_per_image
-from lightning_blip.models.opt_decoding import OPTDecoding, runs_opt
-from lightning_blip.models.qformer import QFormer, QFormerConfig
-from lightning_blip.models.vision import VisionConfig
-from lightning_blip.weights.pretrained import FromPretrainedMixin
+from lightning_blip.models.blip2.config import DTYPES, Blip2LLMConfig
+from lightning_blip.models.blip2.model import FrozenAwareImageEncoder
+from lightning_blip.models.blip2.opt_decoding import OPTDecoding, runs_opt
+from lightning_blip.models.blip2.pretrained import BLIP2_LOADERS
+from lightning_blip.models.blip2.qformer import QFormer
+from lightning_blip.models.shared.generation import generate_llm_ids, one_per_image
+from lightning_blip.models.shared.pretrained import FromPretrainedMixin
+from lightning_blip.weights.checkpoint_io import load_state_dict_file
 
 VQA_PROMPT = "Question: {} Short answer:"
 # generation-config entries that change no rule of greedy or beam search as generate() calls them
@@ -56,75 +56,6 @@ _NEUTRAL_GENERATION_SETTINGS = {
 
 # first "image_encoder." / "qformer." at a name boundary: what precedes it is a wrapper prefix
 _STAGE1_NAME = re.compile(r"(?:^|\.)((?:image_encoder|qformer)\..*)$")
-
-
-@dataclass
-class Blip2LLMConfig:
-    """Configuration of :class:`Blip2ForGeneration`.
-
-    Attributes:
-        vision: the timm ViT (``qformer.encoder_width`` is set to its width).
-        qformer: the Q-Former; its text parts are never built in stage 2 (``text`` is forced False).
-        llm: a transformers model name (already in the local cache) or a local directory; loaded with
-            ``local_files_only=True`` together with its tokenizer.
-        llm_kind: ``causal`` (decoder-only), ``seq2seq`` (encoder-decoder) or ``auto`` (the LLM
-            config's ``is_encoder_decoder``).
-        llm_dtype: dtype of the frozen LLM on a GPU (``float16`` for OPT as LAVIS, ``bfloat16`` for
-            FlanT5, which overflows in fp16); it stays in fp32 on CPU.
-        freeze_vision: keep the image encoder frozen.
-        frozen_vision_dtype: dtype of the frozen image encoder on a GPU.
-        prompt: text put before every caption (e.g. ``"a photo of"``) and used by :meth:`generate`
-            when none is given; joined to the text with a space unless it ends in whitespace.
-        max_text_length: tokens of the LLM text part (prompt included); longer texts are truncated.
-        stage1_checkpoint: a stage-1 weights file (:class:`~lightning_blip.models.blip2.Blip2Model`
-            keys, possibly prefixed) loaded into ``ln_vision`` and the Q-Former at construction.
-        ln_vision_eps: epsilon of ``ln_vision`` (LAVIS: 1e-5; transformers: its vision config's).
-        score_bos: LAVIS's rule (``blip2_opt.py`` masks BOS + prompt only ``if self.prompt``): with an
-            empty prompt, a decoder-only LLM's BOS is a target of the caption loss, so the last query
-            position is trained to predict it. False: BOS is never scored. With a prompt, BOS and the
-            prompt are never scored.
-        stop_at_eos: decoder-only LLMs whose newline is one token stop generating at that newline
-            alone, as LAVIS (its ``eos_token_id`` is the newline's id); True stops at the LLM's EOS
-            too. Other decoder-only LLMs and encoder-decoders stop at EOS.
-        llm_dense_act_fn: the ``dense_act_fn`` (a transformers activation name) set on a T5 LLM's
-            config before it is built; None keeps the config as shipped (FlanT5: ``gelu_new``, the
-            tanh approximation). LAVIS trains FlanT5 with ``"gelu"`` (exact); a LAVIS file whose LLM
-            is a T5 is loaded with ``"gelu"`` unless this is set.
-    """
-
-    vision: VisionConfig = field(default_factory=eva_vit_g)
-    qformer: QFormerConfig = field(default_factory=lambda: QFormerConfig(text=False))
-    llm: str = "facebook/opt-2.7b"
-    llm_kind: Literal["auto", "causal", "seq2seq"] = "auto"
-    llm_dtype: str = "float16"
-    freeze_vision: bool = True
-    frozen_vision_dtype: str = "float16"
-    prompt: str = ""
-    max_text_length: int = 32
-    stage1_checkpoint: str | None = None
-    ln_vision_eps: float = 1e-5
-    score_bos: bool = True
-    stop_at_eos: bool = False
-    llm_dense_act_fn: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("llm_dtype", "frozen_vision_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
-        if self.llm_dense_act_fn is not None and self.llm_dense_act_fn not in ACT2FN:
-            raise ValueError(
-                f"llm_dense_act_fn must be None or a transformers activation name, got {self.llm_dense_act_fn!r}"
-            )
-        if self.llm_kind not in ("auto", "causal", "seq2seq"):
-            raise ValueError(f"llm_kind must be auto, causal or seq2seq, got {self.llm_kind!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> Blip2LLMConfig:
-        """Rebuild from :func:`dataclasses.asdict` output (checkpoints keep configs as plain dicts)."""
-        values = dict(values)
-        vision = VisionConfig(**values.pop("vision", {}))
-        qformer = QFormerConfig(**values.pop("qformer", {"text": False}))
-        return cls(vision=vision, qformer=qformer, **values)
 
 
 class TextBatch(NamedTuple):
@@ -192,6 +123,9 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
     :attr:`frozen_prefixes` and :meth:`trainable_state_dict` for checkpoints without frozen weights.
     """
 
+    config_class = Blip2LLMConfig
+    pretrained_loaders = BLIP2_LOADERS
+
     def __init__(self, config: Blip2LLMConfig | None = None) -> None:
         super().__init__()
         config = config or Blip2LLMConfig()
@@ -257,7 +191,7 @@ class Blip2ForGeneration(FromPretrainedMixin, nn.Module):
         """Initialise ``ln_vision`` and the Q-Former (queries, embedding LayerNorm, layers) from stage 1.
 
         ``source``: a weights file (safetensors, or a torch file such as a Lightning checkpoint) or a
-        state dict with :class:`~lightning_blip.models.blip2.Blip2Model` keys; anything before the
+        state dict with :class:`~lightning_blip.models.blip2.model.Blip2Model` keys; anything before the
         first ``image_encoder.`` / ``qformer.`` (``model.blip2.``) is stripped. Stage-1-only keys (text
         embeddings and FFN, ITC/ITM/ITG heads, ``temp``, the ViT) are ignored and reported.
 

@@ -25,8 +25,8 @@ from itertools import pairwise
 from pathlib import Path
 
 from lightning_blip.data.easy_vqa import easy_vqa_image_root, write_easy_vqa_captions
-from lightning_blip.easy_vqa_finetune import newest_checkpoint, run_task
-from lightning_blip.paths import RECIPES
+from lightning_blip.demos.easy_vqa_finetune import newest_checkpoint, run_task
+from lightning_blip.demos.paths import RECIPES
 
 
 def add_noise(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], set[int]]:
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     shards = [out / "capfilt" / s for s in summary["shards"]]
     scores = removal_scores(noisy_web, shards, noisy)
 
-    from lightning_blip.quickstart import main as pretrain
+    from lightning_blip.demos.quickstart import main as pretrain
 
     bootstrapped = [{k: v for k, v in row.items() if k != "caption_origin"} for s in shards
                     for row in map(json.loads, s.read_text().splitlines())]  # fmt: skip

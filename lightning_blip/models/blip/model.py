@@ -2,61 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_blip.layers.attention import KeyValue
+from lightning_blip.layers.attention import KeyValue, LayerCache
 from lightning_blip.layers.heads import LMHead
-from lightning_blip.models.med import LayerCache, MEDConfig, MEDTextModel
-from lightning_blip.models.retrieval import RetrievalMixin
-from lightning_blip.models.vision import VisionConfig, VisionEncoder
+from lightning_blip.models.blip.config import BlipConfig
+from lightning_blip.models.blip.med import MEDTextModel
+from lightning_blip.models.blip.pretrained import BLIP_LOADERS
+from lightning_blip.models.shared.pretrained import FromPretrainedMixin
+from lightning_blip.models.shared.retrieval import RetrievalMixin
+from lightning_blip.models.shared.vision import VisionEncoder
 from lightning_blip.weights.keymap import LoadReport
-from lightning_blip.weights.pretrained import FromPretrainedMixin
-
-
-@dataclass
-class BlipConfig:
-    """Configuration of :class:`BlipModel`.
-
-    Attributes:
-        vision: the timm ViT.
-        text: the MED text transformer (``encoder_width`` is set to the ViT's width).
-        embed_dim: width of the ITC space.
-        temperature: initial ITC temperature.
-        bos_token_id: [DEC], the decoder's first token.
-        enc_token_id: [ENC], the image-grounded encoder's first token.
-        sep_token_id: [SEP], end of text.
-        pad_token_id: [PAD].
-    """
-
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    text: MEDConfig = field(default_factory=MEDConfig)
-    embed_dim: int = 256
-    temperature: float = 0.07
-    bos_token_id: int = 30522
-    enc_token_id: int = 30523
-    sep_token_id: int = 102
-    pad_token_id: int = 0
-
-    @classmethod
-    def from_dict(cls, values: dict) -> BlipConfig:
-        """Rebuild from :func:`dataclasses.asdict` output (checkpoints keep configs as plain dicts)."""
-        values = dict(values)
-        vision = VisionConfig(**values.pop("vision", {}))
-        text = MEDConfig(**values.pop("text", {}))
-        return cls(vision=vision, text=text, **values)
 
 
 class BlipModel(RetrievalMixin, FromPretrainedMixin, nn.Module):
     """BLIP MED: one set of weights for the unimodal encoders, the image-grounded encoder and decoder.
 
     No Lightning here: use it directly for feature extraction, retrieval (``itc_similarity``,
-    ``itm_score``, :func:`~lightning_blip.models.retrieval.rerank`) or captioning.
+    ``itm_score``, :func:`~lightning_blip.models.shared.retrieval.rerank`) or captioning.
     """
+
+    config_class = BlipConfig
+    pretrained_loaders = BLIP_LOADERS
 
     def __init__(self, config: BlipConfig | None = None) -> None:
         super().__init__()
@@ -224,10 +196,10 @@ class BlipModel(RetrievalMixin, FromPretrainedMixin, nn.Module):
         instead (``num_beams`` ignored, as BLIP's ``generate(sample=True)``); BLIP samples with
         ``top_p=0.9`` and a hard-coded ``repetition_penalty=1.1`` (LAVIS: 1.0), and inherits
         transformers' default ``top_k=50`` (0 turns it off). See
-        :func:`~lightning_blip.models.generation.generate_ids` for the exact semantics.
+        :func:`~lightning_blip.models.shared.generation.generate_ids` for the exact semantics.
         """
-        from lightning_blip.models.generation import decode_captions, generate_ids
-        from lightning_blip.models.tokenizer import default_tokenizer
+        from lightning_blip.models.shared.generation import decode_captions, generate_ids
+        from lightning_blip.models.shared.tokenizer import default_tokenizer
 
         tokenizer = default_tokenizer() if tokenizer is None else tokenizer  # the bundled vocabulary
         image_embeds = self.forward_image(pixel_values)
@@ -294,7 +266,7 @@ class BlipModel(RetrievalMixin, FromPretrainedMixin, nn.Module):
             KeyError: a weight of this model is missing from ``source`` (named).
             ValueError: a text-side weight has another shape (key and both shapes named).
         """
-        from lightning_blip.models.checkpoint_io import load_state_dict_file
+        from lightning_blip.weights.checkpoint_io import load_state_dict_file
 
         state = source if isinstance(source, dict) else load_state_dict_file(source)
         state = {k.removeprefix("model.").removeprefix("blip."): v for k, v in state.items()}

@@ -9,7 +9,6 @@ what our CLI runs on such a ``ckpt_path`` first.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import pickle
@@ -24,7 +23,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from lightning_blip.models.checkpoint_io import load_torch_file
+from lightning_blip.weights.checkpoint_io import load_torch_file
 
 METADATA_FILE = "meta.pt"  # what Lightning's ModelParallelStrategy writes beside the shards
 _FORMAT_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
@@ -151,14 +150,3 @@ def consolidate(checkpoint_dir: str | Path, output: str | Path) -> Path:
     torch.save(checkpoint, partial)
     os.replace(partial, output)
     return output
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``lightning_blip consolidate CHECKPOINT_DIR OUTPUT.ckpt``."""
-    parser = argparse.ArgumentParser(
-        prog="lightning_blip consolidate", description=consolidate.__doc__.split("\n")[0]
-    )
-    parser.add_argument("checkpoint_dir", help="a distributed checkpoint directory (ModelParallelStrategy)")
-    parser.add_argument("output", help="the single checkpoint file to write")
-    args = parser.parse_args(argv)
-    print(consolidate(args.checkpoint_dir, args.output))

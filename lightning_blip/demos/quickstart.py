@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader
 
 from lightning_blip.data.collate import ImageTextCollator
 from lightning_blip.data.dataset import ImageTextDataset
+from lightning_blip.demos.paths import RECIPES
 from lightning_blip.metrics.retrieval import recall_at_1
 from lightning_blip.models.blip import BlipModel
-from lightning_blip.models.generation import decode_captions, greedy_decode
-from lightning_blip.paths import RECIPES
+from lightning_blip.models.shared.generation import decode_captions, greedy_decode
 
 LOSSES = ("train/loss_itc", "train/loss_itm", "train/loss_lm")
 

@@ -16,8 +16,9 @@ from lightning_blip.losses.gather import (
 from lightning_blip.losses.itc import blip2_itc_loss, itc_targets, max_query_similarity
 from lightning_blip.losses.itm import NegativeSampler, itm_inputs, itm_loss
 from lightning_blip.losses.lm import lm_labels, scored_positions, token_cross_entropy
-from lightning_blip.models.blip2 import Blip2Config, Blip2Model
-from lightning_blip.models.blip_pretraining import PositivePairs, Positives
+from lightning_blip.models.blip2.config import Blip2Config
+from lightning_blip.models.blip2.model import Blip2Model
+from lightning_blip.models.shared.positives import PositivePairs, Positives
 
 
 class Blip2PretrainingOutput(NamedTuple):

@@ -19,9 +19,9 @@ from __future__ import annotations
 from transformers import BertTokenizer, Blip2Processor, BlipImageProcessor, BlipProcessor
 from transformers.image_utils import PILImageResampling
 
-from lightning_blip.data.transforms import MEAN, STD
 from lightning_blip.models.blip import BlipConfig
-from lightning_blip.models.tokenizer import ENC_TOKEN, build_tokenizer
+from lightning_blip.models.shared.tokenizer import ENC_TOKEN, build_tokenizer
+from lightning_blip.models.shared.vision import MEAN, STD
 
 
 def image_processor(image_size: int) -> BlipImageProcessor:

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from lightning_blip.data.easy_vqa import easy_vqa_image_root, easy_vqa_questions, write_easy_vqa_captions
-from lightning_blip.paths import RECIPES
+from lightning_blip.demos.paths import RECIPES
 
 TASKS = ("caption", "vqa", "retrieval")
 METRICS = {

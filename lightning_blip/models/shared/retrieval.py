@@ -9,8 +9,8 @@ Unlike the reference, which repeats an image's ViT tokens once per candidate tex
 cross-attention keys/values again in every pass, :func:`score_pairs` groups the pairs by image and
 projects each image's keys/values once for all of its candidates (image-to-text and text-to-image
 alike; a pair in both top-k lists is scored once). Works for any model with the methods of
-:class:`RetrievalModel` (:class:`~lightning_blip.models.blip.BlipModel`,
-:class:`~lightning_blip.models.blip2.Blip2Model`), which also get the inference calls of
+:class:`RetrievalModel` (:class:`~lightning_blip.models.blip.model.BlipModel`,
+:class:`~lightning_blip.models.blip2.model.Blip2Model`), which also get the inference calls of
 :class:`RetrievalMixin`.
 """
 
@@ -30,7 +30,7 @@ from lightning_blip.losses.gather import (
     pad_to,
     rank_and_world,
 )
-from lightning_blip.models.tokenizer import default_tokenizer
+from lightning_blip.models.shared.tokenizer import default_tokenizer
 
 NOT_RANKED = -100.0
 """Score of a pair outside the top k (BLIP's evaluation)."""

@@ -21,6 +21,7 @@ from lightning_blip.layers.attention import (
     AttentionSublayer,
     FeedForward,
     KeyValue,
+    LayerCache,
     causal_padding_mask,
     padding_mask,
 )
@@ -69,18 +70,6 @@ class MEDConfig:
     pad_token_id: int = 0
     initializer_range: float = 0.02
     grad_checkpointing: bool = False
-
-
-class LayerCache(NamedTuple):
-    """Per-layer decoding cache: growing self-attention keys/values and the image's fixed ones.
-
-    ``image_mask`` ``(B, N)`` (1 = attend) masks padded cross-attention memory, e.g. the question
-    states that BLIP's VQA answer decoder reads; None = attend to every memory token (images).
-    """
-
-    self_kv: KeyValue | None
-    image_kv: KeyValue | None
-    image_mask: Tensor | None = None
 
 
 class MEDOutput(NamedTuple):

@@ -16,24 +16,26 @@ The format is told from the path, never from a flag:
 - A transformers ``Blip2ForConditionalGeneration`` directory serves as its own LLM source: the
   model's ``config.llm`` is that directory, whose ``language_model.*`` weights fill the LLM.
 
-Which loader serves which (model class, format) pair is the table :data:`LOADERS`.
+Which loader serves which format: :data:`COMMON_LOADERS` (every model) and the model class's
+``pretrained_loaders`` (its family's, in ``models/blip/pretrained.py`` and ``models/blip2/pretrained.py``).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from safetensors import safe_open
-from torch import Tensor, nn
+from torch import nn
 
-from lightning_blip.models.checkpoint_io import load_state_dict_file, load_torch_file, unwrap_state_dict
+from lightning_blip.models.shared.vision import VisionConfig
+from lightning_blip.weights.checkpoint_io import load_state_dict_file, load_torch_file, unwrap_state_dict
 from lightning_blip.weights.download import resolve_pretrained
+from lightning_blip.weights.keymap import load_own_state
 from lightning_blip.weights.registry import Pretrained
 
 DISTRIBUTED_METADATA = ".metadata"
@@ -82,57 +84,11 @@ def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_dir():
         return load_torch_file(path)
-    from lightning_blip.checkpoints import consolidate
+    from lightning_blip.weights.distributed import consolidate
 
     with tempfile.TemporaryDirectory() as tmp:
         merged = consolidate(path, Path(tmp) / "merged.ckpt")
         return load_torch_file(merged)
-
-
-def _model_config(cls: type[nn.Module], values: dict) -> Any:
-    """Our config dataclass of ``cls`` rebuilt from a plain dict (checkpoint hyper-parameters)."""
-    return _config_class(cls).from_dict(values)
-
-
-def _config_class(cls: type[nn.Module]) -> type:
-    from lightning_blip.models.blip import BlipConfig
-    from lightning_blip.models.blip2 import Blip2Config
-    from lightning_blip.models.blip2_llm import Blip2LLMConfig
-
-    name = cls.__name__
-    if name in ("BlipModel", "BlipVQA"):
-        return BlipConfig
-    if name == "Blip2Model":
-        return Blip2Config
-    if name == "Blip2ForGeneration":
-        return Blip2LLMConfig
-    raise TypeError(f"from_pretrained does not know {name}")
-
-
-def _strip_to(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Drop the task wrappers' key prefixes (``model.``, ``model.blip.``, ``model.blip2.``)."""
-    own = model.state_dict().keys()
-    for prefix in ("model.blip2.", "model.blip.", "model.", ""):
-        stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if stripped and any(k in own for k in stripped):
-            return stripped
-    return state
-
-
-def load_own_state(
-    model: nn.Module, state: dict[str, Tensor], frozen: tuple[str, ...], strict: bool, source: str
-):
-    """Load our own keys (task prefixes stripped); keys under ``frozen`` may be absent.
-
-    Raises:
-        KeyError: ``strict`` and keys are missing (beyond ``frozen``) or unexpected (named).
-        ValueError: a shape differs (key and both shapes named).
-    """
-    from lightning_blip.weights.keymap import load_with_rules
-
-    state = _strip_to(state, model)
-    absent = tuple(re.escape(p) + ".*" for p in frozen)
-    return load_with_rules(model, state, ((r"(.*)", r"\1"),), absent, strict=strict, source=source)
 
 
 def _from_lightning(cls: type[nn.Module], path: Path, config: Any, strict: bool) -> nn.Module:
@@ -141,7 +97,7 @@ def _from_lightning(cls: type[nn.Module], path: Path, config: Any, strict: bool)
         values = checkpoint.get("hyper_parameters", {}).get("config")
         if values is None:
             raise ValueError(f"{path}: no model config in the checkpoint's hyper_parameters; pass config=")
-        config = _model_config(cls, values)
+        config = cls.config_class.from_dict(values)
     if hasattr(config, "stage1_checkpoint"):  # the checkpoint holds the trained Q-Former already
         config = replace(config, stage1_checkpoint=None)
     model = cls(config)
@@ -153,87 +109,25 @@ def _from_lightning(cls: type[nn.Module], path: Path, config: Any, strict: bool)
 
 def _from_ours(cls: type[nn.Module], path: Path, config: Any, strict: bool) -> nn.Module:
     if config is None:
-        config = _model_config(cls, json.loads((path / "config.json").read_text()))
+        config = cls.config_class.from_dict(json.loads((path / "config.json").read_text()))
     model = cls(config)
     frozen = tuple(getattr(model, "frozen_prefixes", ()))
     load_own_state(model, load_state_dict_file(path / "model.safetensors"), frozen, strict, str(path))
     return model
 
 
-def _from_ours_blip2(cls: type[nn.Module], path: Path, config: Any, strict: bool) -> nn.Module:
-    from lightning_blip.weights.transformers_blip2 import load_converted_blip2
-
-    if config is not None:
-        return _from_ours(cls, path, config, strict)
-    held = "Blip2ForGeneration" if "llm" in json.loads((path / "config.json").read_text()) else "Blip2Model"
-    if held != cls.__name__:
-        raise ValueError(f"{path} holds a {held}, not a {cls.__name__}")
-    return load_converted_blip2(path, strict)
-
-
-def _from_transformers_blip(cls: type[nn.Module], path: Path, config: Any, strict: bool) -> nn.Module:
-    from lightning_blip.weights.convert import blip_config_from_transformers
-    from lightning_blip.weights.transformers_blip import load_transformers_blip
-    from lightning_blip.weights.transformers_blip_vqa import load_transformers_blip_vqa
-
-    model = cls(config if config is not None else blip_config_from_transformers(path)[0])
-    load = load_transformers_blip_vqa if cls.__name__ == "BlipVQA" else load_transformers_blip
-    load(model, path, strict=strict)
-    return model
-
-
-def _from_transformers_blip2(cls: type[nn.Module], path: Path, config: Any, strict: bool) -> nn.Module:
-    from lightning_blip.weights.transformers_blip2 import (
-        blip2_config_from_transformers,
-        load_transformers_blip2,
-    )
-
-    # a Blip2ForConditionalGeneration's LLM is read from the same directory (its language_model.*),
-    # when the model is built; the rest of the weights are then read without it
-    model = cls(config if config is not None else blip2_config_from_transformers(path, llm=path)[0])
-    llm = getattr(model.config, "llm", None)
-    llm_loaded = llm is not None and Path(llm).resolve() == path.resolve()
-    load_transformers_blip2(model, path, strict=strict, llm_loaded=llm_loaded)
-    return model
-
-
-def _from_salesforce(cls: type[nn.Module], path: Path, config: Any, strict: bool) -> nn.Module:
-    """``config``: our ``BlipConfig``, or ``"base"`` / ``"large"`` (BLIP's ViT-B/16, ViT-L/16; default base)."""
-    from lightning_blip.weights.salesforce_blip import blip_config, load_salesforce_blip
-
-    state = load_state_dict_file(path)  # read once: for the sizes and the weights
-    if config is None or isinstance(config, str):
-        config = blip_config(config or "base", state)
-    model = cls(config)
-    load_salesforce_blip(model, state, strict=strict)
-    return model
-
-
-def _from_lavis_blip2(cls: type[nn.Module], path: Path, config: Any, strict: bool) -> nn.Module:
-    from lightning_blip.weights.lavis_blip2 import lavis_blip2_model
-
-    if config is None:
-        raise ValueError(f"{path}: a LAVIS BLIP-2 file holds no config (sizes, LLM); pass config=")
-    return lavis_blip2_model(cls, config, path, strict)[0]
-
-
 Loader = Callable[[type[nn.Module], Path, Any, bool], nn.Module]
+"""``loader(cls, path, config, strict)``: ``cls`` built and filled from ``path``."""
 
-BLIP, BLIP2 = ("BlipModel", "BlipVQA"), ("Blip2Model", "Blip2ForGeneration")
-LOADERS: dict[tuple[str, str], Loader] = {
-    **{
-        (name, fmt): _from_lightning
-        for name in BLIP + BLIP2
-        for fmt in ("lightning", "lightning-distributed")
-    },
-    **{(name, "ours"): _from_ours for name in BLIP},
-    **{(name, "ours"): _from_ours_blip2 for name in BLIP2},
-    **{(name, "transformers"): _from_transformers_blip for name in BLIP},
-    **{(name, "transformers"): _from_transformers_blip2 for name in BLIP2},
-    **{(name, "salesforce"): _from_salesforce for name in BLIP},
-    **{(name, "lavis-blip2"): _from_lavis_blip2 for name in BLIP2},
-}
-"""(model class name, format) -> loader(cls, path, config, strict)."""
+COMMON_LOADERS: dict[str, Loader] = {"lightning": _from_lightning, "lightning-distributed": _from_lightning}
+"""The formats every model reads; a family adds its own in ``pretrained_loaders``."""
+
+
+def loaders_of(cls: type[nn.Module]) -> dict[str, Loader]:
+    """format -> loader for ``cls``: :data:`COMMON_LOADERS` and the family's ``pretrained_loaders``."""
+    if not hasattr(cls, "config_class"):
+        raise TypeError(f"from_pretrained does not know {cls.__name__}")
+    return {**COMMON_LOADERS, **cls.pretrained_loaders}
 
 
 def registry_config(cls: type[nn.Module], entry: Pretrained) -> Any:
@@ -244,16 +138,14 @@ def registry_config(cls: type[nn.Module], entry: Pretrained) -> Any:
         return entry.config["vit"]
     if entry.format != "lavis-blip2":
         return None
-    from lightning_blip.models.vision import VisionConfig
-
     if entry.config["vit"] == "clip_vit_l14":
         vision = VisionConfig("vit_large_patch14_clip_quickgelu_224", num_removed_blocks=1, final_norm=False)
     else:
         vision = VisionConfig("eva_giant_patch14_224", num_removed_blocks=1, final_norm=False)
     vision.image_size = entry.config["image_size"]
     if "llm" in entry.config:
-        return _config_class(cls)(vision=vision, llm=entry.config["llm"])
-    return _config_class(cls)(vision=vision)
+        return cls.config_class(vision=vision, llm=entry.config["llm"])
+    return cls.config_class(vision=vision)
 
 
 def from_pretrained(
@@ -277,15 +169,24 @@ def from_pretrained(
             )
         config = registry_config(cls, entry) if config is None else config
     fmt = detect_format(path)
-    loader = LOADERS.get((cls.__name__, fmt))
+    loaders = loaders_of(cls)
+    loader = loaders.get(fmt)
     if loader is None:
-        readable = sorted(f for name, f in LOADERS if name == cls.__name__)
+        readable = sorted(loaders)
         raise ValueError(f"{path} is a {fmt!r} checkpoint; {cls.__name__} reads {readable}")
     return loader(cls, path, config, strict)
 
 
 class FromPretrainedMixin:
-    """``Model.from_pretrained(path, config=None, strict=True)`` for our models."""
+    """``Model.from_pretrained(path, config=None, strict=True)`` for our models.
+
+    A model class names its config dataclass (``config_class``, with ``from_dict``) and the loaders of
+    the formats its family reads beyond :data:`COMMON_LOADERS` (``pretrained_loaders``), so that this
+    module needs no import of the families.
+    """
+
+    config_class: ClassVar[type]
+    pretrained_loaders: ClassVar[dict[str, Loader]]
 
     @classmethod
     def from_pretrained(cls, path: str | Path, config: Any = None, strict: bool = True):

@@ -27,21 +27,18 @@ Semantics are those of transformers 4.15's ``generate``, which BLIP's captioner 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from lightning_blip.models.med import LayerCache
-
-if TYPE_CHECKING:
-    from lightning_blip.models.blip import BlipModel
+from lightning_blip.layers.attention import LayerCache
 
 
 @torch.no_grad()
 def generate_ids(
-    model: BlipModel,
+    model: nn.Module,
     image_embeds: Any,
     prompt_ids: Tensor,
     num_beams: int = 1,
@@ -117,7 +114,7 @@ def generate_llm_ids(
 
     Args:
         decoder: ``step(ids)`` -> next-token logits ``(R, V)`` (the first call reads the prefix, one
-            row per image) and ``keep(rows, images)``, as :class:`~lightning_blip.models.opt_decoding.OPTDecoding`.
+            row per image) and ``keep(rows, images)``, as :class:`~lightning_blip.models.blip2.opt_decoding.OPTDecoding`.
         batch_size: images ``B``.
         num_return_sequences: the best hypotheses returned per image (at most ``num_beams``).
 
@@ -169,7 +166,7 @@ def _decode(
 
 
 def greedy_decode(
-    model: BlipModel, image_embeds: Any, prompt_ids: Tensor, max_length: int = 20, min_length: int = 5
+    model: nn.Module, image_embeds: Any, prompt_ids: Tensor, max_length: int = 20, min_length: int = 5
 ) -> Tensor:
     """Greedy decoding on the KV cache: :func:`generate_ids` with one beam; ``(B, T)`` ids."""
     return generate_ids(model, image_embeds, prompt_ids, max_length=max_length, min_length=min_length)
@@ -202,7 +199,7 @@ class _Decoder:
     (cross-attention keys/values, or the embeddings when recomputing) has one row per group.
     """
 
-    def __init__(self, model: BlipModel, memory: Any, batch_size: int, use_cache: bool) -> None:
+    def __init__(self, model: nn.Module, memory: Any, batch_size: int, use_cache: bool) -> None:
         self.model, self.use_cache = model, use_cache
         if use_cache:
             self.cache: list[LayerCache] = model.start_decoding(memory)

@@ -16,11 +16,12 @@ from lightning_blip.losses.gather import (
 )
 from lightning_blip.losses.itc import itc_loss, itc_targets
 from lightning_blip.losses.itm import NegativeSampler, itm_inputs, itm_loss
-from lightning_blip.models.blip import BlipConfig, BlipModel
-from lightning_blip.models.med import MEDTextModel
-from lightning_blip.models.vision import VisionEncoder
+from lightning_blip.models.blip.config import BlipConfig
+from lightning_blip.models.blip.med import MEDTextModel
+from lightning_blip.models.blip.model import BlipModel
+from lightning_blip.models.shared.positives import PositivePairs, Positives
+from lightning_blip.models.shared.vision import VisionEncoder
 
-Positives = Literal["pair", "image_id", "caption"]
 MiningFeatures = Literal["momentum", "online"]
 
 
@@ -34,28 +35,6 @@ class PretrainingOutput(NamedTuple):
     temp: Tensor
     neg_text_idx: Tensor
     neg_image_idx: Tensor
-
-
-def caption_ids(input_ids: Tensor) -> Tensor:
-    """An id per row ``(B,)`` equal for identical token sequences (positives by caption)."""
-    weights = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device) * 1_000_003
-    return (input_ids * weights).sum(dim=1) % (2**61 - 1)
-
-
-class PositivePairs:
-    """``positive_ids`` for a model with a ``positives`` attribute (``"pair"``, ``"image_id"``, ``"caption"``)."""
-
-    positives: Positives
-
-    def positive_ids(self, input_ids: Tensor, image_ids: Tensor | None) -> Tensor | None:
-        """Ids whose equality makes two pairs positives (None: only a pair with itself)."""
-        if self.positives == "pair":
-            return None
-        if self.positives == "caption":
-            return caption_ids(input_ids)
-        if image_ids is None:
-            raise ValueError("positives='image_id' needs image_ids in the batch")
-        return image_ids
 
 
 class BlipForPretraining(PositivePairs, nn.Module):

@@ -35,10 +35,10 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from lightning_blip.data.easy_vqa import easy_vqa_image_root, easy_vqa_questions, write_easy_vqa_captions
 from lightning_blip.data.easy_vqa_text import VQA_PROMPT, answer_type, easy_vqa_lm_texts
 from lightning_blip.data.transforms import eval_transform
+from lightning_blip.demos.paths import RECIPES
 from lightning_blip.metrics.vqa import normalize_answer
-from lightning_blip.models.small_llm import tiny_llm_config, tokenizer_for, train_word_tokenizer
+from lightning_blip.models.blip2.small_llm import tiny_llm_config, tokenizer_for, train_word_tokenizer
 from lightning_blip.optim import WarmupCosineLR
-from lightning_blip.paths import RECIPES
 from lightning_blip.tasks.causal_lm import CausalLMTraining
 
 Answerer = Callable[[list[dict]], list[str]]

@@ -4,5 +4,5 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 """``recipes/`` of the checkout this package is installed from (``pip install -e .``)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -11,60 +11,12 @@ from torch import Tensor, nn
 from lightning_blip.layers.attention import KeyValue
 from lightning_blip.layers.heads import LMHead
 from lightning_blip.losses.itc import max_query_similarity
-from lightning_blip.models.qformer import QFormer, QFormerConfig, QFormerOutput
-from lightning_blip.models.retrieval import RetrievalMixin
-from lightning_blip.models.vision import VisionConfig, VisionEncoder
-from lightning_blip.weights.pretrained import FromPretrainedMixin
-
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def eva_vit_g() -> VisionConfig:
-    """EVA-CLIP ViT-g/14 at 224 px with its last block removed and no final norm (BLIP-2's default)."""
-    return VisionConfig("eva_giant_patch14_224", image_size=224, num_removed_blocks=1, final_norm=False)
-
-
-@dataclass
-class Blip2Config:
-    """Configuration of :class:`Blip2Model`.
-
-    Attributes:
-        vision: the timm ViT (``qformer.encoder_width`` is set to its width).
-        qformer: the Q-Former.
-        embed_dim: width of the ITC space.
-        temperature: initial ITC temperature (0.07; clamped to [0.001, 0.5] as in BLIP).
-        freeze_vision: keep the image encoder frozen (no gradients, eval mode); stage 1 and 2.
-        frozen_vision_dtype: dtype of the frozen image encoder on a GPU (``float16`` as LAVIS,
-            ``bfloat16`` or ``float32``); it stays in fp32 on CPU.
-        bos_token_id: [DEC], the first token of the ITG decoder.
-        pad_token_id: [PAD].
-        ln_vision_eps: epsilon of ``ln_vision`` (LAVIS: 1e-5; transformers' ``post_layernorm`` uses its
-            vision config's, 1e-6 by default).
-    """
-
-    vision: VisionConfig = field(default_factory=eva_vit_g)
-    qformer: QFormerConfig = field(default_factory=QFormerConfig)
-    embed_dim: int = 256
-    temperature: float = 0.07
-    freeze_vision: bool = True
-    frozen_vision_dtype: str = "float16"
-    bos_token_id: int = 30522
-    pad_token_id: int = 0
-    ln_vision_eps: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if self.frozen_vision_dtype not in DTYPES:
-            raise ValueError(
-                f"frozen_vision_dtype must be one of {sorted(DTYPES)}, got {self.frozen_vision_dtype!r}"
-            )
-
-    @classmethod
-    def from_dict(cls, values: dict) -> Blip2Config:
-        """Rebuild from :func:`dataclasses.asdict` output (checkpoints keep configs as plain dicts)."""
-        values = dict(values)
-        vision = VisionConfig(**values.pop("vision", {}))
-        qformer = QFormerConfig(**values.pop("qformer", {}))
-        return cls(vision=vision, qformer=qformer, **values)
+from lightning_blip.models.blip2.config import DTYPES, Blip2Config
+from lightning_blip.models.blip2.pretrained import BLIP2_LOADERS
+from lightning_blip.models.blip2.qformer import QFormer, QFormerOutput
+from lightning_blip.models.shared.pretrained import FromPretrainedMixin
+from lightning_blip.models.shared.retrieval import RetrievalMixin
+from lightning_blip.models.shared.vision import VisionConfig, VisionEncoder
 
 
 class FrozenAwareImageEncoder(nn.Module):
@@ -122,8 +74,11 @@ class Blip2Model(RetrievalMixin, FromPretrainedMixin, nn.Module):
     """BLIP-2 stage 1: frozen ViT, ``ln_vision``, Q-Former, ITC projections, ITM head, ITG LM head.
 
     No Lightning here: use it for query features, ITC similarities and ITM scores (``itc_similarity``,
-    ``itm_score``, :func:`~lightning_blip.models.retrieval.rerank`).
+    ``itm_score``, :func:`~lightning_blip.models.shared.retrieval.rerank`).
     """
+
+    config_class = Blip2Config
+    pretrained_loaders = BLIP2_LOADERS
 
     def __init__(self, config: Blip2Config | None = None) -> None:
         super().__init__()

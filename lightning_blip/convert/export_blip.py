@@ -1,11 +1,11 @@
 """Our BLIP models -> transformers ``save_pretrained`` directories (``config.json`` + ``model.safetensors``).
 
-- :class:`~lightning_blip.models.blip.BlipModel` -> ``BlipForConditionalGeneration`` (task
+- :class:`~lightning_blip.models.blip.model.BlipModel` -> ``BlipForConditionalGeneration`` (task
   ``"captioning"``: ViT, decoder self-attention, shared layers, LM head) or
   ``BlipForImageTextRetrieval`` (``"retrieval"``: ViT, encoder self-attention, shared layers,
   ``vision_proj``, ``text_proj``, ``itm_head``). ``temp`` has no place in either (transformers'
   retrieval ITC score is the plain cosine similarity) and is left out.
-- :class:`~lightning_blip.models.blip_vqa.BlipVQA` -> ``BlipForQuestionAnswering``.
+- :class:`~lightning_blip.models.blip.vqa.BlipVQA` -> ``BlipForQuestionAnswering``.
 
 No second table: the names come from the import tables
 (:data:`~lightning_blip.weights.transformers_blip.TRANSFORMERS_BLIP_RULES`,
@@ -29,9 +29,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lightning_blip.models.blip import BlipModel
-from lightning_blip.models.blip_vqa import BlipVQA
-from lightning_blip.weights.export_processor import blip_processor
+from lightning_blip.convert.processor import blip_processor
+from lightning_blip.models.blip import BlipModel, BlipVQA
 from lightning_blip.weights.keymap import rename
 from lightning_blip.weights.model_card import CardFacts, left_out_groups, saved_tensor_count, write_model_card
 from lightning_blip.weights.transformers_blip import (
@@ -80,7 +79,7 @@ def export_transformers_blip(
 ) -> Path:
     """Write ``model`` as a transformers BLIP directory that ``from_pretrained`` loads with no missing
     or unexpected keys, with the ``BlipProcessor`` files of our preprocessing
-    (:func:`~lightning_blip.weights.export_processor.blip_processor`).
+    (:func:`~lightning_blip.convert.processor.blip_processor`).
 
     Args:
         model: a ``BlipModel`` (``task`` "captioning" or "retrieval") or a ``BlipVQA`` (``task`` None

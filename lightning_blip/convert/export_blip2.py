@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 from transformers import Blip2Config as HFBlip2Config
 
-from lightning_blip.weights.export_processor import blip2_processor
+from lightning_blip.convert.ours_blip2 import load_converted_blip2
+from lightning_blip.convert.processor import blip2_processor
 from lightning_blip.weights.keymap import rename
 from lightning_blip.weights.model_card import CardFacts, left_out_groups, saved_tensor_count, write_model_card
 from lightning_blip.weights.transformers_blip import transformers_vision_sizes
@@ -40,7 +41,6 @@ from lightning_blip.weights.transformers_blip2 import (
     EXPECTED_ABSENT,
     OUR_VIT_ATTENTION,
     TRANSFORMERS_BLIP2_RULES,
-    load_converted_blip2,
     match_qkv_bias,
     model_kind,
     recorded_image_token_index,
@@ -224,7 +224,7 @@ def export_transformers_blip2(
     image_token_id: int | None = None,
     source: str | None = None,
 ) -> Path:
-    """Export a :func:`~lightning_blip.weights.transformers_blip2.convert_transformers_blip2` directory
+    """Export a :func:`~lightning_blip.convert.ours_blip2.convert_transformers_blip2` directory
     (or a model) with :func:`export_blip2_to_transformers`; returns ``output_dir``.
 
     ``image_token_id``: default, for a directory, the source's ``image_token_index`` it recorded.

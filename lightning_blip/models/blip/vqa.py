@@ -18,17 +18,18 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from lightning_blip.layers.attention import KeyValue, index_kv
+from lightning_blip.layers.attention import KeyValue, LayerCache, index_kv
 from lightning_blip.layers.heads import LMHead
 from lightning_blip.losses.lm import lm_labels, scored_positions, sequence_lm_loss
-from lightning_blip.models.blip import BlipConfig
-from lightning_blip.models.checkpoint_io import load_state_dict_file
-from lightning_blip.models.generation import decode_captions, generate_ids, one_per_image
-from lightning_blip.models.med import LayerCache, MEDTextModel
-from lightning_blip.models.tokenizer import default_tokenizer
-from lightning_blip.models.vision import VisionEncoder
+from lightning_blip.models.blip.config import BlipConfig
+from lightning_blip.models.blip.med import MEDTextModel
+from lightning_blip.models.blip.pretrained import BLIP_LOADERS
+from lightning_blip.models.shared.generation import decode_captions, generate_ids, one_per_image
+from lightning_blip.models.shared.pretrained import FromPretrainedMixin
+from lightning_blip.models.shared.tokenizer import default_tokenizer
+from lightning_blip.models.shared.vision import VisionEncoder
+from lightning_blip.weights.checkpoint_io import load_state_dict_file
 from lightning_blip.weights.keymap import LoadReport
-from lightning_blip.weights.pretrained import FromPretrainedMixin
 
 InferenceMode = Literal["generate", "rank"]
 
@@ -71,6 +72,9 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
     cross-attention reads the ViT tokens, the answer decoder's reads the question states (width =
     text hidden size). ``config.embed_dim`` and ``config.temperature`` are unused.
     """
+
+    config_class = BlipConfig
+    pretrained_loaders = BLIP_LOADERS
 
     def __init__(self, config: BlipConfig | None = None) -> None:
         super().__init__()
@@ -176,7 +180,7 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
         """Same as :meth:`loss` (the entry point that wrappers hook)."""
         return self.loss(*args)
 
-    # decoding on the cache (the protocol of ``lightning_blip.models.generation``) ----------------
+    # decoding on the cache (the protocol of ``lightning_blip.models.shared.generation``) ----------------
     def start_decoding(self, question: QuestionStates) -> list[LayerCache]:
         """An empty decoding cache holding the question's cross-attention keys/values and mask."""
         return [LayerCache(None, kv, question.mask) for kv in self.question_kv(question)]
@@ -198,7 +202,7 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
         """Decode answers ``(B, T)`` ([DEC] first; [PAD] after [SEP]) on the KV cache.
 
         BLIP's settings: 3 beams, ``max_length`` 10 and ``min_length`` 1 counting [DEC]
-        (:func:`~lightning_blip.models.generation.generate_ids`; 1 beam = greedy). A question's
+        (:func:`~lightning_blip.models.shared.generation.generate_ids`; 1 beam = greedy). A question's
         cross-attention keys/values are computed once and shared by its beams. BLIP's generation
         gives the decoder an all-ones question mask, so a padded batch attends to its padding; pass
         ``QuestionStates(states, None)`` to reproduce that (``answer(..., attend_question_padding=True)``;
@@ -303,7 +307,7 @@ class BlipVQA(FromPretrainedMixin, nn.Module):
         """Initialise from a pretrained MED or from a VQA checkpoint.
 
         ``source``: a weights file (safetensors or a torch file, a Lightning checkpoint included) or a
-        state dict. With :class:`~lightning_blip.models.blip.BlipModel` keys (``model.blip.`` of a
+        state dict. With :class:`~lightning_blip.models.blip.model.BlipModel` keys (``model.blip.`` of a
         ``MEDPretrain`` checkpoint is stripped): the ViT from its ViT (position embeddings
         interpolated to this image size), the question encoder from its text model without the
         decoder self-attention, the answer decoder from its text model without the encoder

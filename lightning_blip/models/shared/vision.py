@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 from timm.layers import LayerNorm
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lightning_blip.models.checkpoint_io import load_state_dict_file
+from lightning_blip.weights.checkpoint_io import load_state_dict_file
 from lightning_blip.weights.download import resolve_pretrained
+from lightning_blip.weights.pos_embed import resize_position_embeddings
 
-
-def resize_position_embeddings(pos_embed: Tensor, grid: Sequence[int], num_prefix_tokens: int = 1) -> Tensor:
-    """ViT position embeddings ``(1, P + N, D)`` for another patch grid, as BLIP's ``interpolate_pos_embed``.
-
-    The ``P`` prefix rows ([CLS]) stay; the square grid of the ``N`` patch rows is resized bicubically
-    (``align_corners=False``, no antialiasing: timm's ``resample_abs_pos_embed`` antialiases by
-    default, which changes even an upsampling by up to 8% of the values).
-    """
-    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    side = math.isqrt(patches.shape[1])
-    if side * side != patches.shape[1]:
-        raise ValueError(f"{patches.shape[1]} position embeddings do not form a square grid")
-    patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches.float(), size=tuple(grid), mode="bicubic", align_corners=False)
-    patches = patches.to(pos_embed.dtype).permute(0, 2, 3, 1).flatten(1, 2)
-    return torch.cat([prefix, patches], dim=1)
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+"""CLIP's image mean and standard deviation per channel, which BLIP and BLIP-2 normalise with."""
 
 
 RANDOM = "random"
@@ -170,3 +155,23 @@ class VisionEncoder(nn.Module):
             else:
                 x = block(x, **block_kwargs)
         return vit.norm(x)
+
+
+def vision_config_from_transformers(v, model_name: str, **kw) -> VisionConfig:
+    """Our :class:`VisionConfig` of a transformers BLIP / BLIP-2 vision config ``v``: timm's
+    ``model_name`` architecture with ``v``'s sizes and LayerNorm epsilon (``kw``: more ``VisionConfig``
+    fields)."""
+    timm_kwargs = {
+        "embed_dim": v.hidden_size,
+        "depth": v.num_hidden_layers,
+        "num_heads": v.num_attention_heads,
+        "patch_size": v.patch_size,
+        "mlp_ratio": v.intermediate_size / v.hidden_size,
+    }
+    return VisionConfig(
+        model_name=model_name,
+        image_size=v.image_size,
+        layer_norm_eps=v.layer_norm_eps,
+        timm_kwargs=timm_kwargs,
+        **kw,
+    )
