@@ -14,6 +14,7 @@ from lightning_blip.models.blip.pretraining import MiningFeatures
 from lightning_blip.models.shared.positives import Positives
 from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
+from lightning_blip.weights.bert import is_bert, load_bert_into_blip
 
 
 class MEDPretrain(ITCRetrievalEval, BlipTask):
@@ -64,7 +65,8 @@ class MEDPretrain(ITCRetrievalEval, BlipTask):
         self.hparams["config"] = asdict(config) if config is not None else None
         self.model = BlipForPretraining(config, queue_size, gather_keys, positives, lm_loss, mining_features)
         if init_weights:
-            report_init_weights(init_weights, self.model.blip.load_pretrained(init_weights))
+            load = load_bert_into_blip if is_bert(init_weights) else type(self.model.blip).load_pretrained
+            report_init_weights(init_weights, load(self.model.blip, init_weights))
             self.model.copy_to_momentum()
         self.alpha = alpha
         self.alpha_ramp_epochs = alpha_ramp_epochs

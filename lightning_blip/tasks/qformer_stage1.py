@@ -15,6 +15,7 @@ from lightning_blip.models.shared.positives import Positives
 from lightning_blip.models.shared.vision import check_frozen_weights
 from lightning_blip.tasks.base import BlipTask, default_optimizer, report_init_weights
 from lightning_blip.tasks.retrieval_eval import ITCRetrievalEval
+from lightning_blip.weights.bert import is_bert, load_bert_into_qformer
 from lightning_blip.weights.checkpoint_io import load_state_dict_file
 from lightning_blip.weights.keymap import LoadReport
 
@@ -58,7 +59,9 @@ class QFormerStage1(ITCRetrievalEval, BlipTask):
         if config.freeze_vision:
             check_frozen_weights(config.vision, "model.init_args.config.vision.weights")
         self.model = Blip2ForPretraining(config, gather_with_grad, positives, itg_cache)
-        if init_weights:
+        if init_weights and is_bert(init_weights):  # the paper's start: bert-base-uncased
+            report_init_weights(init_weights, load_bert_into_qformer(self.model.blip2, init_weights))
+        elif init_weights:
             state = load_state_dict_file(init_weights)
             state = {k.removeprefix("model.").removeprefix("blip2."): v for k, v in state.items()}
             missing, unexpected = self.model.blip2.load_state_dict(state, strict=False)

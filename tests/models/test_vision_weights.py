@@ -62,3 +62,11 @@ def test_pretraining_recipes_start_from_the_papers_vision_weights(recipe, weight
     entry = registry.get_pretrained(vision["weights"])
     assert vision["weights"] == weights and entry.format in ("timm", "eva-vit-g")
     assert entry.config["model_name"] == vision["model_name"]  # the architecture the weights are for
+
+
+@pytest.mark.parametrize(
+    "recipe", ["blip_pretrain", "blip_pretrain_vitl", "blip2_stage1", "blip2_stage1_vitl"]
+)
+def test_pretraining_recipes_start_the_text_side_from_bert(recipe):
+    init = yaml.safe_load((RECIPES / f"{recipe}.yaml").read_text())["model"]["init_args"]["init_weights"]
+    assert registry.get_pretrained(init).format == "hf-bert"
